@@ -1,0 +1,12 @@
+"""Test set-up: the CPU XLA flag and a persistent compilation cache, before JAX starts."""
+
+import os
+import pathlib
+
+import refinery_jax  # noqa: F401  (sets XLA_FLAGS before JAX initialises)
+import jax
+
+# Compiles dominate test time on CPU; reuse them across runs of the suite.
+_CACHE = pathlib.Path(os.environ.get("REFINERY_JAX_CACHE", pathlib.Path(__file__).parents[1] / ".jax_cache"))
+jax.config.update("jax_compilation_cache_dir", str(_CACHE))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
