@@ -1,0 +1,287 @@
+"""The insertion environment: pure `reset(key, init)` and `step(state, action)` on MJX.
+
+An initial condition is an explicit array `init = θ` (3,): the plug tip's offset from
+its goal pose, in the socket (goal) frame. Everything else that varies between
+episodes (socket pose, the plug's yaw error, observation and action-frame noise) is
+drawn from `key`, so the success rate J(θ) is an expectation over those nuisances.
+A reset distribution is any function `key -> init`; see `samplers.py`.
+
+Timing follows AutoMate: 15 Hz policy, 5 s episodes (75 steps). Episodes end only by
+time limit (`truncated`) or by a diverged simulation (`terminated`, state restored);
+success is read at every step and counted at the last one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+from flax import struct
+from mujoco import mjx
+
+from refinery_jax.assets.registry import DEFAULT_TASK, get_assembly
+from refinery_jax.assets.scene import PhysicsConfig, check_actuation, embodiment_spec, scene_xml
+from refinery_jax.envs import control
+from refinery_jax.envs.control import ControlConfig
+from refinery_jax.envs.rotations import canonical, quat_mul, rotate, yaw_quat
+
+POLICY_OBS_SIZE = 24
+CRITIC_OBS_SIZE = 44
+ACTION_SIZE = 6
+MAX_JOINTS = 7  # observation pads joint vectors to the Franka's 7 so embodiments share spaces
+
+DEFAULT_REWARD_WEIGHTS = (
+    ("keypoint_baseline", 1.0),
+    ("keypoint_coarse", 1.0),
+    ("keypoint_fine", 1.0),
+    ("engaged", 0.0),
+    ("success", 1.0),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EnvConfig:
+    """Static environment configuration: changing any field builds a new model/compile."""
+
+    task: str = DEFAULT_TASK
+    embodiment: str = "floating_hand"
+    physics: PhysicsConfig = PhysicsConfig()
+    control: ControlConfig = ControlConfig()
+    control_hz: float = 15.0
+    episode_seconds: float = 5.0
+    # θ box (the reset distribution's support): tip offset from the goal, socket frame (m)
+    init_xy: float = 0.01                         # ±x, ±y
+    init_height: tuple[float, float] = (0.01, 0.02)  # tip height above the socket's top face
+    # nuisances drawn from the key at each reset
+    init_yaw_noise: float = math.radians(5.0)     # plug yaw error (±rad, uniform)
+    socket_pos_noise: tuple[float, float, float] = (0.05, 0.05, 0.05)
+    socket_yaw_range: tuple[float, float] = (0.0, math.radians(10.0))
+    obs_pos_noise: float = 0.002                  # per-episode goal-position noise (±m)
+    obs_yaw_noise: float = math.radians(10.0)     # per-episode goal-yaw noise (±rad)
+    action_frame_noise: float = 0.001             # per-episode target bias, N(0, σ) m
+    # success: tip within this fraction of the depth of the goal, and keypoints aligned
+    success_depth_fraction: float = 0.1
+    success_keypoint_fraction: float = 0.15
+    reward_weights: tuple[tuple[str, float], ...] = DEFAULT_REWARD_WEIGHTS
+    num_keypoints: int = 4
+
+    def __post_init__(self):
+        steps = self.control_hz * self.episode_seconds
+        substeps = 1.0 / (self.control_hz * self.physics.timestep)
+        if abs(substeps - round(substeps)) > 1e-6 or round(substeps) < 1:
+            raise ValueError(f"1/(control_hz*timestep) = {substeps:.4f} must be a positive integer")
+        if abs(steps - round(steps)) > 1e-6:
+            raise ValueError(f"control_hz * episode_seconds = {steps} must be an integer")
+        if self.init_height[0] > self.init_height[1] or self.init_xy < 0:
+            raise ValueError(f"bad init box: init_xy={self.init_xy}, init_height={self.init_height}")
+
+    @property
+    def decimation(self) -> int:
+        return round(1.0 / (self.control_hz * self.physics.timestep))
+
+    @property
+    def episode_steps(self) -> int:
+        return round(self.control_hz * self.episode_seconds)
+
+
+@struct.dataclass
+class EpisodeInfo:
+    """Per-episode quantities fixed at reset, plus the step counter and action memory."""
+
+    step: jax.Array            # [] int
+    init: jax.Array            # [3] θ this episode started from
+    goal_pos: jax.Array        # [3] true plug-tip goal position (world)
+    goal_quat: jax.Array       # [4] true goal orientation (socket yaw)
+    obs_goal_pos: jax.Array    # [3] noisy fingertip-goal position the policy sees
+    obs_goal_quat: jax.Array   # [4] noisy goal orientation the policy sees
+    frame_noise: jax.Array     # [3] action-frame bias
+    prev_action: jax.Array     # [6] smoothed action
+
+
+@struct.dataclass
+class EnvState:
+    data: mjx.Data
+    obs: jax.Array             # [24] policy observation
+    critic_obs: jax.Array      # [44] privileged observation
+    reward: jax.Array          # []
+    terms: dict                # named reward terms (unweighted), each []
+    success: jax.Array         # [] bool, success at this step
+    terminated: jax.Array      # [] bool (divergence)
+    truncated: jax.Array       # [] bool (time limit)
+    info: EpisodeInfo
+
+    @property
+    def done(self) -> jax.Array:
+        return self.terminated | self.truncated
+
+
+def combine_reward(terms: dict, weights: dict) -> jax.Array:
+    """Weighted sum of named reward terms; weights may be traced (vmappable)."""
+    return sum(weights[name] * terms[name] for name in weights)
+
+
+def _squash(x, a, b):
+    """Factory's keypoint squashing 1 / (e^{ax} + b + e^{-ax}); peaks at 1/(2+b) for x = 0."""
+    return 1.0 / (jnp.exp(a * x) + b + jnp.exp(-a * x))
+
+
+class AssemblyEnv:
+    """One 2-part insertion task. Construct once per static config; methods are pure."""
+
+    def __init__(self, config: EnvConfig = EnvConfig()):
+        self.config = config
+        self.assembly = get_assembly(config.task)
+        self.spec = embodiment_spec(config.embodiment)
+        self.xml = scene_xml(self.assembly, config.embodiment, config.physics)
+        self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
+        check_actuation(self.mj_model)
+        self.model = mjx.put_model(self.mj_model, impl="jax")
+        self._fingertip = self.mj_model.body("fingertip").id
+        self._socket_mocap = int(self.mj_model.body("socket").mocapid[0])
+        self._n = self.spec.num_dofs
+        self._home = jnp.asarray(self.spec.home_qpos)
+        self._torque_limits = jnp.asarray(self.spec.torque_limits)
+        self._weights = dict(config.reward_weights)
+        a = self.assembly
+        # keypoints along the plug axis, tip to grasp, in the plug frame
+        self._keypoints = jnp.stack([jnp.zeros(config.num_keypoints), jnp.zeros(config.num_keypoints),
+                                     jnp.linspace(0.0, a.plug_length, config.num_keypoints)], axis=-1)
+
+    # ------------------------------------------------------------------ spaces
+
+    @property
+    def init_low(self) -> np.ndarray:
+        c, d = self.config, self.assembly.depth
+        return np.array([-c.init_xy, -c.init_xy, d + c.init_height[0]], dtype=np.float32)
+
+    @property
+    def init_high(self) -> np.ndarray:
+        c, d = self.config, self.assembly.depth
+        return np.array([c.init_xy, c.init_xy, d + c.init_height[1]], dtype=np.float32)
+
+    observation_size = POLICY_OBS_SIZE
+    critic_observation_size = CRITIC_OBS_SIZE
+    action_size = ACTION_SIZE
+
+    # ------------------------------------------------------------------ reset
+
+    def reset(self, key: jax.Array, init: jax.Array) -> EnvState:
+        """Start an episode with the plug tip at goal + θ (socket frame). init: [3]."""
+        if init.shape != (3,):
+            raise ValueError(f"init must have shape (3,) (plug-tip offset from the goal), got {init.shape}")
+        c = self.config
+        k_sock, k_syaw, k_yaw, k_obs_p, k_obs_y, k_frame = jax.random.split(key, 6)
+        socket_pos = jnp.asarray(self.mj_model.body("socket").pos) + jax.random.uniform(
+            k_sock, (3,), minval=-1.0, maxval=1.0) * jnp.asarray(c.socket_pos_noise)
+        socket_quat = yaw_quat(jax.random.uniform(k_syaw, (), minval=c.socket_yaw_range[0],
+                                                  maxval=c.socket_yaw_range[1]))
+        goal_pos = socket_pos + rotate(socket_quat, jnp.asarray(self.assembly.goal_in_socket, jnp.float32))
+        goal_quat = socket_quat
+
+        plug_yaw = jax.random.uniform(k_yaw, (), minval=-c.init_yaw_noise, maxval=c.init_yaw_noise)
+        start_quat = quat_mul(socket_quat, yaw_quat(plug_yaw))
+        tip = goal_pos + rotate(socket_quat, init)
+        fingertip = tip + jnp.array([0.0, 0.0, self.assembly.plug_length])
+
+        d = mjx.make_data(self.model)
+        d = d.replace(mocap_pos=d.mocap_pos.at[self._socket_mocap].set(socket_pos),
+                      mocap_quat=d.mocap_quat.at[self._socket_mocap].set(socket_quat))
+        q = control.solve_ik(self.model, d, self._fingertip, self._n, fingertip, start_quat, self._home)
+        d = mjx.forward(self.model, d.replace(qpos=d.qpos.at[: self._n].set(q)))
+
+        obs_pos_noise = jax.random.uniform(k_obs_p, (3,), minval=-c.obs_pos_noise, maxval=c.obs_pos_noise)
+        obs_yaw_noise = jax.random.uniform(k_obs_y, (), minval=-c.obs_yaw_noise, maxval=c.obs_yaw_noise)
+        info = EpisodeInfo(
+            step=jnp.zeros((), jnp.int32),
+            init=init,
+            goal_pos=goal_pos,
+            goal_quat=goal_quat,
+            obs_goal_pos=goal_pos + jnp.array([0.0, 0.0, self.assembly.plug_length]) + obs_pos_noise,
+            obs_goal_quat=canonical(quat_mul(yaw_quat(obs_yaw_noise), goal_quat)),
+            frame_noise=c.action_frame_noise * jax.random.normal(k_frame, (3,)),
+            prev_action=jnp.zeros(ACTION_SIZE),
+        )
+        return self._observe(d, info, terminated=jnp.zeros((), bool))
+
+    # ------------------------------------------------------------------ step
+
+    def step(self, state: EnvState, action: jax.Array) -> EnvState:
+        """One 15 Hz control step: action [6] in [-1, 1] (x, y, z, roll, pitch, yaw)."""
+        info = state.info
+        pos, quat = state.data.xpos[self._fingertip], state.data.xquat[self._fingertip]
+        fingertip_goal = info.goal_pos + jnp.array([0.0, 0.0, self.assembly.plug_length])
+        smoothed, pos_target, quat_target = control.smooth_and_target(
+            action, info.prev_action, pos, quat, fingertip_goal, info.frame_noise, self.config.control)
+
+        def physics_step(d, _):
+            p, q, jac, mass = control.fingertip_state(self.model, d, self._fingertip, self._n)
+            tau = control.impedance_torques(p, q, jac, mass, d.qpos[: self._n], d.qvel[: self._n], pos_target,
+                                            quat_target, self._home, self._torque_limits, self.config.control)
+            return mjx.step(self.model, d.replace(ctrl=tau)), None
+
+        data, _ = jax.lax.scan(physics_step, state.data, None, length=self.config.decimation)
+        diverged = self._diverged(data, info)
+        # never propagate a blown-up simulation: keep the last good state and end the episode
+        data = jax.tree.map(lambda new, old: jnp.where(diverged, old, new), data, state.data)
+        info = info.replace(step=info.step + 1, prev_action=smoothed)
+        return self._observe(data, info, terminated=diverged)
+
+    def _diverged(self, d: mjx.Data, info: EpisodeInfo) -> jax.Array:
+        finite = jnp.all(jnp.isfinite(d.qpos)) & jnp.all(jnp.isfinite(d.qvel))
+        fast = jnp.max(jnp.abs(d.qvel)) > 1e3
+        far = jnp.linalg.norm(d.xpos[self._fingertip] - info.goal_pos) > 1.0
+        return ~finite | fast | far
+
+    # ------------------------------------------------------------------ observation, reward, success
+
+    def plug_tip(self, d: mjx.Data) -> jax.Array:
+        quat = d.xquat[self._fingertip]
+        return d.xpos[self._fingertip] + rotate(quat, jnp.array([0.0, 0.0, -self.assembly.plug_length]))
+
+    def fingertip_velocity(self, d: mjx.Data):
+        """(linear [3], angular [3]) world-frame velocity of the fingertip."""
+        jacp, jacr = mjx.jac(self.model, d, d.xpos[self._fingertip], self._fingertip)
+        return jacp.T @ d.qvel, jacr.T @ d.qvel
+
+    def goal_errors(self, d: mjx.Data, info: EpisodeInfo):
+        """(tip height above the goal, tip xy distance, mean keypoint distance) in metres."""
+        quat = d.xquat[self._fingertip]
+        tip = self.plug_tip(d)
+        offset = rotate(info.goal_quat * jnp.array([1.0, -1.0, -1.0, -1.0]), tip - info.goal_pos)
+        kp_plug = jax.vmap(lambda k: tip + rotate(quat, k))(self._keypoints)
+        kp_goal = jax.vmap(lambda k: info.goal_pos + rotate(info.goal_quat, k))(self._keypoints)
+        kp_dist = jnp.mean(jnp.linalg.norm(kp_plug - kp_goal, axis=-1))
+        return offset[2], jnp.linalg.norm(offset[:2]), kp_dist
+
+    def _observe(self, d: mjx.Data, info: EpisodeInfo, terminated) -> EnvState:
+        c, depth = self.config, self.assembly.depth
+        z_err, xy_err, kp_dist = self.goal_errors(d, info)
+        success = (z_err < c.success_depth_fraction * depth) & (kp_dist < c.success_keypoint_fraction * depth)
+        engaged = (z_err < depth) & (xy_err < 2.0 * self.assembly.clearance + 0.002)
+        terms = {
+            "keypoint_baseline": _squash(kp_dist, 5.0, 4.0),
+            "keypoint_coarse": _squash(kp_dist, 50.0, 2.0),
+            "keypoint_fine": _squash(kp_dist, 100.0, 0.0),
+            "engaged": engaged.astype(jnp.float32),
+            "success": success.astype(jnp.float32),
+        }
+        pos, quat = d.xpos[self._fingertip], canonical(d.xquat[self._fingertip])
+        qpos = jnp.zeros(MAX_JOINTS).at[: self._n].set(d.qpos[: self._n])
+        qvel = jnp.zeros(MAX_JOINTS).at[: self._n].set(d.qvel[: self._n])
+        obs = jnp.concatenate([qpos, pos, quat, info.obs_goal_pos, info.obs_goal_quat, info.obs_goal_pos - pos])
+        lin_vel, ang_vel = self.fingertip_velocity(d)
+        critic_obs = jnp.concatenate([obs, qvel, lin_vel, ang_vel, self.plug_tip(d) - info.goal_pos, quat])
+        return EnvState(
+            data=d, obs=obs, critic_obs=critic_obs,
+            reward=combine_reward(terms, self._weights), terms=terms, success=success,
+            terminated=terminated, truncated=info.step >= c.episode_steps, info=info)
+
+
+def max_penetration(d: mjx.Data) -> jax.Array:
+    """Deepest contact penetration (m, >= 0) among the contacts MJX computed this step."""
+    dist = d._impl.contact.dist  # noqa: SLF001  (MJX keeps contacts in its JAX impl)
+    return jnp.maximum(0.0, -jnp.min(dist, initial=jnp.inf))
