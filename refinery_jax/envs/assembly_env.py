@@ -140,7 +140,7 @@ class AssemblyEnv:
         self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
         check_actuation(self.mj_model)
         self.model = mjx.put_model(self.mj_model, impl="jax")
-        self._fingertip = self.mj_model.body("fingertip").id
+        self.fingertip_body = self.mj_model.body("fingertip").id
         self._socket_mocap = int(self.mj_model.body("socket").mocapid[0])
         self._n = self.spec.num_dofs
         self._home = jnp.asarray(self.spec.home_qpos)
@@ -190,7 +190,7 @@ class AssemblyEnv:
         d = mjx.make_data(self.model)
         d = d.replace(mocap_pos=d.mocap_pos.at[self._socket_mocap].set(socket_pos),
                       mocap_quat=d.mocap_quat.at[self._socket_mocap].set(socket_quat))
-        q = control.solve_ik(self.model, d, self._fingertip, self._n, fingertip, start_quat, self._home)
+        q = control.solve_ik(self.model, d, self.fingertip_body, self._n, fingertip, start_quat, self._home)
         d = mjx.forward(self.model, d.replace(qpos=d.qpos.at[: self._n].set(q)))
 
         obs_pos_noise = jax.random.uniform(k_obs_p, (3,), minval=-c.obs_pos_noise, maxval=c.obs_pos_noise)
@@ -212,44 +212,50 @@ class AssemblyEnv:
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """One 15 Hz control step: action [6] in [-1, 1] (x, y, z, roll, pitch, yaw)."""
         info = state.info
-        pos, quat = state.data.xpos[self._fingertip], state.data.xquat[self._fingertip]
+        pos, quat = state.data.xpos[self.fingertip_body], state.data.xquat[self.fingertip_body]
         fingertip_goal = info.goal_pos + jnp.array([0.0, 0.0, self.assembly.plug_length])
         smoothed, pos_target, quat_target = control.smooth_and_target(
             action, info.prev_action, pos, quat, fingertip_goal, info.frame_noise, self.config.control)
 
-        def physics_step(d, _):
-            p, q, jac, mass = control.fingertip_state(self.model, d, self._fingertip, self._n)
-            tau = control.impedance_torques(p, q, jac, mass, d.qpos[: self._n], d.qvel[: self._n], pos_target,
-                                            quat_target, self._home, self._torque_limits, self.config.control)
-            return mjx.step(self.model, d.replace(ctrl=tau)), None
-
-        data, _ = jax.lax.scan(physics_step, state.data, None, length=self.config.decimation)
+        data = self.track(state.data, pos_target, quat_target)
         diverged = self._diverged(data, info)
         # never propagate a blown-up simulation: keep the last good state and end the episode
         data = jax.tree.map(lambda new, old: jnp.where(diverged, old, new), data, state.data)
         info = info.replace(step=info.step + 1, prev_action=smoothed)
         return self._observe(data, info, terminated=diverged)
 
+    def track(self, data: mjx.Data, pos_target: jax.Array, quat_target: jax.Array) -> mjx.Data:
+        """Run one control period of physics with the impedance controller on a fingertip target."""
+
+        def physics_step(d, _):
+            p, q, jac, mass = control.fingertip_state(self.model, d, self.fingertip_body, self._n)
+            tau = control.impedance_torques(p, q, jac, mass, d.qpos[: self._n], d.qvel[: self._n], pos_target,
+                                            quat_target, self._home, self._torque_limits, self.config.control)
+            return mjx.step(self.model, d.replace(ctrl=tau)), None
+
+        data, _ = jax.lax.scan(physics_step, data, None, length=self.config.decimation)
+        return data
+
     def _diverged(self, d: mjx.Data, info: EpisodeInfo) -> jax.Array:
         finite = jnp.all(jnp.isfinite(d.qpos)) & jnp.all(jnp.isfinite(d.qvel))
         fast = jnp.max(jnp.abs(d.qvel)) > 1e3
-        far = jnp.linalg.norm(d.xpos[self._fingertip] - info.goal_pos) > 1.0
+        far = jnp.linalg.norm(d.xpos[self.fingertip_body] - info.goal_pos) > 1.0
         return ~finite | fast | far
 
     # ------------------------------------------------------------------ observation, reward, success
 
     def plug_tip(self, d: mjx.Data) -> jax.Array:
-        quat = d.xquat[self._fingertip]
-        return d.xpos[self._fingertip] + rotate(quat, jnp.array([0.0, 0.0, -self.assembly.plug_length]))
+        quat = d.xquat[self.fingertip_body]
+        return d.xpos[self.fingertip_body] + rotate(quat, jnp.array([0.0, 0.0, -self.assembly.plug_length]))
 
     def fingertip_velocity(self, d: mjx.Data):
         """(linear [3], angular [3]) world-frame velocity of the fingertip."""
-        jacp, jacr = mjx.jac(self.model, d, d.xpos[self._fingertip], self._fingertip)
+        jacp, jacr = mjx.jac(self.model, d, d.xpos[self.fingertip_body], self.fingertip_body)
         return jacp.T @ d.qvel, jacr.T @ d.qvel
 
     def goal_errors(self, d: mjx.Data, info: EpisodeInfo):
         """(tip height above the goal, tip xy distance, mean keypoint distance) in metres."""
-        quat = d.xquat[self._fingertip]
+        quat = d.xquat[self.fingertip_body]
         tip = self.plug_tip(d)
         offset = rotate(info.goal_quat * jnp.array([1.0, -1.0, -1.0, -1.0]), tip - info.goal_pos)
         kp_plug = jax.vmap(lambda k: tip + rotate(quat, k))(self._keypoints)
@@ -269,7 +275,7 @@ class AssemblyEnv:
             "engaged": engaged.astype(jnp.float32),
             "success": success.astype(jnp.float32),
         }
-        pos, quat = d.xpos[self._fingertip], canonical(d.xquat[self._fingertip])
+        pos, quat = d.xpos[self.fingertip_body], canonical(d.xquat[self.fingertip_body])
         qpos = jnp.zeros(MAX_JOINTS).at[: self._n].set(d.qpos[: self._n])
         qvel = jnp.zeros(MAX_JOINTS).at[: self._n].set(d.qvel[: self._n])
         obs = jnp.concatenate([qpos, pos, quat, info.obs_goal_pos, info.obs_goal_quat, info.obs_goal_pos - pos])

@@ -49,3 +49,8 @@ def axis_angle_error(q_target: jnp.ndarray, q_current: jnp.ndarray) -> jnp.ndarr
     s = jnp.sqrt(jnp.sum(v * v) + 1e-12)
     angle = 2.0 * jnp.arctan2(s, q_err[0])
     return v * (angle / s)
+
+
+def wrap_angle(angle: jnp.ndarray) -> jnp.ndarray:
+    """Map an angle to [-pi, pi)."""
+    return (angle + jnp.pi) % (2 * jnp.pi) - jnp.pi

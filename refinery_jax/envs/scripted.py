@@ -12,19 +12,21 @@ import jax
 import jax.numpy as jnp
 
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, max_penetration
-from refinery_jax.envs.rotations import quat_yaw
+from refinery_jax.envs.rotations import quat_yaw, wrap_angle
 
 HOVER = 0.005  # tip height above the socket top while aligning (m)
 GAIN = 1.0
+DAMPING = 0.3  # s
 
 
 def scripted_action(env: AssemblyEnv, state: EnvState) -> jax.Array:
     """Action [6] for one environment: hover aligned above the hole, descend once aligned."""
     d, info, a = state.data, state.info, env.assembly
-    fingertip = d.xpos[env._fingertip]  # noqa: SLF001  (a privileged script may read the body)
+    fingertip = d.xpos[env.fingertip_body]
     z_err, xy_err, _ = env.goal_errors(d, info)
-    yaw_err = jnp.angle(jnp.exp(1j * (quat_yaw(info.goal_quat) - quat_yaw(d.xquat[env._fingertip]))))  # noqa: SLF001
-    speed = jnp.linalg.norm(env.fingertip_velocity(d)[0][:2])
+    yaw_err = wrap_angle(quat_yaw(info.goal_quat) - quat_yaw(d.xquat[env.fingertip_body]))
+    velocity = env.fingertip_velocity(d)[0]
+    speed = jnp.linalg.norm(velocity[:2])
     aligned = ((xy_err < jnp.maximum(0.5 * a.clearance, 2e-4)) & (jnp.abs(yaw_err) < jnp.radians(0.5))
                & (speed < 2e-3))
     # once the tip is well inside the hole the walls hold it aligned: keep going down. A plug
@@ -37,7 +39,8 @@ def scripted_action(env: AssemblyEnv, state: EnvState) -> jax.Array:
     # keep xy aligned while descending; only z switches
     target = target.at[:2].set(goal_fingertip[:2])
     cfg = env.config.control
-    pos_action = GAIN * (target - fingertip) / cfg.pos_action_scale
+    # the velocity term damps the slow mode of a heavy arm under AutoMate's gains
+    pos_action = GAIN * (target - fingertip - DAMPING * velocity) / cfg.pos_action_scale
     yaw_action = GAIN * yaw_err / cfg.yaw_action_scale
     return jnp.clip(jnp.concatenate([pos_action, jnp.zeros(2), yaw_action[None]]), -1.0, 1.0)
 
