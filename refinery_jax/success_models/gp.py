@@ -75,8 +75,8 @@ class GPConfig:
     """
 
     kernel: str = "matern52"
-    num_steps: int = 100
-    learning_rate: float = 0.05
+    num_steps: int = 50
+    learning_rate: float = 0.1
     max_fit_points: int = 256
     lengthscale_bounds: tuple[float, float] = (0.01, 10.0)
     amplitude_bounds: tuple[float, float] = (0.05, 5.0)
