@@ -16,6 +16,8 @@ of highest density. Here:
 * Empty components (no responsibility mass) keep their previous mean and covariance
   and get a negligible weight, instead of producing NaN.
 * Densities and samples go through ``distrax.MixtureSameFamily``.
+* Float32 throughout: EM runs on data centred at their weighted mean (covariances
+  come from second moments, see ``_m_step``) and the means are shifted back.
 
 Public API: :class:`GMMConfig`, :class:`GMMParams`, :class:`GMMState`,
 :func:`init_gmm`, :func:`run_em`, :func:`fit_gmm`, :func:`fit_gmm_bic`,
