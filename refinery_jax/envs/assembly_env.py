@@ -219,8 +219,11 @@ class AssemblyEnv:
 
         data = self.track(state.data, pos_target, quat_target)
         diverged = self._diverged(data, info)
-        # never propagate a blown-up simulation: keep the last good state and end the episode
-        data = jax.tree.map(lambda new, old: jnp.where(diverged, old, new), data, state.data)
+        # never propagate a blown-up simulation: fall back to the previous state, at rest and
+        # scrubbed of non-finite values, and end the episode so the auto-reset restarts it
+        fallback = jax.tree.map(jnp.nan_to_num, state.data)
+        fallback = fallback.replace(qvel=jnp.zeros_like(fallback.qvel))
+        data = jax.tree.map(lambda new, old: jnp.where(diverged, old, new), data, fallback)
         info = info.replace(step=info.step + 1, prev_action=smoothed)
         return self._observe(data, info, terminated=diverged)
 

@@ -35,32 +35,31 @@ def env_uniform(env: AssemblyEnv) -> Sampler:
 
 
 def step_with_reset(env: AssemblyEnv, sampler: Sampler):
-    """`(key, states, actions) -> states` for a batch [B]: step, and restart finished episodes.
+    """`(key, states, actions) -> (next_states, stepped)` for a batch [B].
 
-    Finished episodes restart from a fresh `sampler` draw. The state returned for a
-    finished episode is the new episode's first state, with the finished step's reward,
-    reward terms, success and termination flags kept so a learner still sees how the
-    episode ended. Resets (IK included) cost about as much as a step, so they run only
-    when some episode in the batch has finished.
+    `stepped` is the plain result of `env.step`: its reward, flags and observations
+    belong to the step just taken (a learner bootstraps from `stepped.critic_obs` at a
+    time-limit truncation). `next_states` equals `stepped` except where an episode
+    finished: there it is a new episode's first state, from a fresh `sampler` draw.
+    Resets (IK included) cost about as much as a step, so they run only when some
+    episode in the batch has finished.
     """
     batch_step = jax.vmap(env.step)
 
-    def batch_reset(keys):
-        keys_init, keys_reset = jnp.split(jax.vmap(jax.random.split)(keys), 2, axis=1)
-        inits = jax.vmap(sampler)(keys_init[:, 0])
-        return jax.vmap(env.reset)(keys_reset[:, 0], inits)
+    def batch_reset(key, batch):
+        key_init, key_reset = jax.random.split(key)
+        inits = jax.vmap(sampler)(jax.random.split(key_init, batch))
+        return jax.vmap(env.reset)(jax.random.split(key_reset, batch), inits)
 
-    def step(key: jax.Array, states: EnvState, actions: jax.Array) -> EnvState:
+    def step(key: jax.Array, states: EnvState, actions: jax.Array):
         stepped = batch_step(states, actions)
 
         def restart(stepped):
-            fresh = batch_reset(jax.random.split(key, actions.shape[0]))
-            fresh = fresh.replace(reward=stepped.reward, terms=stepped.terms, success=stepped.success,
-                                  terminated=stepped.terminated, truncated=stepped.truncated)
+            fresh = batch_reset(key, actions.shape[0])
             done = stepped.done
             return jax.tree.map(lambda f, s: jnp.where(done.reshape(done.shape + (1,) * (s.ndim - 1)), f, s),
                                 fresh, stepped)
 
-        return jax.lax.cond(jnp.any(stepped.done), restart, lambda s: s, stepped)
+        return jax.lax.cond(jnp.any(stepped.done), restart, lambda s: s, stepped), stepped
 
     return step

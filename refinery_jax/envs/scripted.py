@@ -17,45 +17,56 @@ from refinery_jax.envs.rotations import quat_yaw, wrap_angle
 HOVER = 0.005  # tip height above the socket top while aligning (m)
 GAIN = 1.0
 DAMPING = 0.3  # s
+MAX_DESCENT_ACTION = 0.03
 
 
 def scripted_action(env: AssemblyEnv, state: EnvState) -> jax.Array:
-    """Action [6] for one environment: hover aligned above the hole, descend once aligned."""
+    """Action [6] for one environment: align, then step down while aligned.
+
+    Above the hole the plug descends only while it is centred (within half the
+    clearance), slow and yaw-aligned; otherwise it holds its height and re-centres, so
+    the xy drift a descending arm picks up never reaches the rim. A plug caught on the
+    rim rises back to the hover height; once inside the hole the walls guide it home.
+    """
     d, info, a = state.data, state.info, env.assembly
     fingertip = d.xpos[env.fingertip_body]
+    velocity = env.fingertip_velocity(d)[0]
     z_err, xy_err, _ = env.goal_errors(d, info)
     yaw_err = wrap_angle(quat_yaw(info.goal_quat) - quat_yaw(d.xquat[env.fingertip_body]))
-    velocity = env.fingertip_velocity(d)[0]
-    speed = jnp.linalg.norm(velocity[:2])
-    aligned = ((xy_err < jnp.maximum(0.5 * a.clearance, 2e-4)) & (jnp.abs(yaw_err) < jnp.radians(0.5))
-               & (speed < 2e-3))
-    # once the tip is well inside the hole the walls hold it aligned: keep going down. A plug
-    # stuck on the socket's top face is neither, so it rises back to the hover height.
-    aligned = aligned | (z_err < a.depth - 0.001)
+    centred = ((xy_err < jnp.maximum(0.5 * a.clearance, 5e-5)) & (jnp.abs(yaw_err) < jnp.radians(0.3))
+               & (jnp.linalg.norm(velocity[:2]) < 1e-3))
+    in_hole = z_err < a.depth - 3e-4
+    on_rim = (z_err < a.depth + 3e-4) & ~in_hole & ~centred
+
     goal_fingertip = info.goal_pos + jnp.array([0.0, 0.0, a.plug_length])
-    hover = goal_fingertip + jnp.array([0.0, 0.0, a.depth + HOVER])
-    # descend past the goal so the plug is pressed home against the floor
-    target = jnp.where(aligned, goal_fingertip - jnp.array([0.0, 0.0, 0.005]), hover)
-    # keep xy aligned while descending; only z switches
-    target = target.at[:2].set(goal_fingertip[:2])
+    hover_z = goal_fingertip[2] + a.depth + HOVER
+    down_z = goal_fingertip[2] - 0.005  # past the goal: press the plug home against the floor
+    z_target = jnp.where(in_hole | centred, down_z, jnp.where(on_rim, hover_z, jnp.minimum(fingertip[2], hover_z)))
+    target = jnp.array([goal_fingertip[0], goal_fingertip[1], z_target])
+
     cfg = env.config.control
     # the velocity term damps the slow mode of a heavy arm under AutoMate's gains
     pos_action = GAIN * (target - fingertip - DAMPING * velocity) / cfg.pos_action_scale
+    # descend gently below the hover height: a fast drop couples into xy on the arm
+    pos_action = pos_action.at[2].max(jnp.where(fingertip[2] > hover_z + 0.001, -1.0, -MAX_DESCENT_ACTION))
     yaw_action = GAIN * yaw_err / cfg.yaw_action_scale
     return jnp.clip(jnp.concatenate([pos_action, jnp.zeros(2), yaw_action[None]]), -1.0, 1.0)
 
 
-def run_scripted_episode(env: AssemblyEnv, key: jax.Array, init: jax.Array):
-    """Reset at `init`, run the scripted policy for one episode.
+def run_scripted_episode(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float = 10.0):
+    """Reset at `init`, run the scripted policy for `seconds` (default 10 s).
 
-    Returns (final state, success [] bool, max penetration over the episode [] m).
-    Pure and jittable; vmap over keys and inits for batches.
+    The script is deliberately cautious (stop-and-go near the rim), so it gets twice
+    the policy's 5 s episode. Returns (final state, success [] bool, max penetration
+    over the episode [] m). Pure and jittable; vmap over keys and inits for batches.
     """
+
     def body(carry, _):
         state, worst = carry
         state = env.step(state, scripted_action(env, state))
         return (state, jnp.maximum(worst, max_penetration(state.data))), None
 
     state = env.reset(key, init)
-    (state, worst), _ = jax.lax.scan(body, (state, jnp.zeros(())), None, length=env.config.episode_steps)
+    steps = round(seconds * env.config.control_hz)
+    (state, worst), _ = jax.lax.scan(body, (state, jnp.zeros(())), None, length=steps)
     return state, state.success, worst
