@@ -1,0 +1,281 @@
+"""PPO for the assembly environment, PureJaxRL-style.
+
+`make_trainer(config, ...)` does the static work (environment, network, sampler,
+demonstrations) and returns pure functions:
+
+    init(key, hparams) -> TrainState          fresh parameters and environments
+    update(state) -> (TrainState, UpdateMetrics)   one rollout + PPO epochs
+    policy(state) -> Policy                   what `evaluate` needs
+
+`make_train(config, ...)` composes them into `train(key, hparams=None)`, one
+`lax.scan` over all updates, so `jax.jit(jax.vmap(train))(keys)` trains seeds in one
+compile and `jax.vmap(train)(keys, hparams)` runs an ablation over traced values.
+`make_chunk(trainer, n)` scans n updates at a time: the experiment script prints,
+logs and checkpoints between chunks; the result is the same as one long scan.
+
+The reset distribution is the `sampler` argument (`key -> init`): every episode
+that ends is restarted from a fresh draw (shifted by the curriculum's height offset).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import flax
+import optax
+from flax import struct
+
+from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, combine_reward
+from refinery_jax.envs.samplers import Sampler, env_uniform, step_with_reset
+from refinery_jax.imitation.reward import fresh_window, imitation_reward, push_window
+from refinery_jax.ppo import losses
+from refinery_jax.ppo.config import IMITATION_TERM, PPOConfig, PPOHyperparams, default_hyperparams
+from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution
+from refinery_jax.ppo.normalization import RunningStats, init_stats, normalize, update_stats
+
+
+@struct.dataclass
+class TrainState:
+    params: dict
+    opt_state: optax.OptState
+    obs_stats: RunningStats
+    critic_stats: RunningStats
+    env_state: EnvState          # [B] environments, mid-episode
+    window: jax.Array            # [B, H, 3] recent fingertip positions (goal-relative); H = 1 without imitation
+    episode_return: jax.Array    # [B] running (unscaled) return of the current episodes
+    key: jax.Array
+    update: jax.Array            # [] int32 updates done
+    height_offset: jax.Array     # [] curriculum offset on θ_z (m)
+    hparams: PPOHyperparams
+
+
+class Transition(NamedTuple):
+    obs: jax.Array          # [.., d] raw policy observation
+    critic_obs: jax.Array   # [.., d_c] raw critic observation
+    action: jax.Array       # [.., A]
+    log_prob: jax.Array
+    value: jax.Array
+    next_value: jax.Array   # V(s') of the state the step reached (pre-reset)
+    reward: jax.Array       # scaled training reward
+    terminated: jax.Array
+    done: jax.Array
+
+
+@struct.dataclass
+class UpdateMetrics:
+    env_steps: jax.Array        # total environment steps after this update
+    reward: jax.Array           # mean unscaled reward per step
+    imitation: jax.Array        # mean imitation reward per step (0 without imitation)
+    episodes: jax.Array         # episodes that ended in this rollout
+    successes: jax.Array        # of which successful at their last step
+    success_rate: jax.Array     # successes / episodes (nan when none ended)
+    episode_return: jax.Array   # mean return of the ended episodes (nan when none)
+    policy_loss: jax.Array
+    value_loss: jax.Array
+    entropy: jax.Array
+    approx_kl: jax.Array
+    clip_fraction: jax.Array
+    grad_norm: jax.Array
+    learning_rate: jax.Array
+    height_offset: jax.Array
+
+
+class Trainer(NamedTuple):
+    config: PPOConfig
+    env: AssemblyEnv
+    model: ActorCritic
+    init: Callable[[jax.Array, PPOHyperparams], TrainState]
+    update: Callable[[TrainState], tuple[TrainState, UpdateMetrics]]
+    policy: Callable[[TrainState], Policy]
+
+
+def make_optimizer(config: PPOConfig, hp: PPOHyperparams) -> optax.GradientTransformation:
+    """Adam with global-norm clipping; linear learning-rate decay when `anneal_lr`."""
+    steps = config.num_updates * config.update_epochs * config.num_minibatches
+    lr = optax.linear_schedule(hp.learning_rate, 0.0, steps) if config.anneal_lr else hp.learning_rate
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
+
+
+def _goal_relative_fingertip(env: AssemblyEnv, states: EnvState) -> jax.Array:
+    """[B, 3] fingertip position relative to the true goal fingertip (the demos' frame)."""
+    goal = states.info.goal_pos + jnp.array([0.0, 0.0, env.assembly.plug_length])
+    return states.data.xpos[:, env.fingertip_body] - goal
+
+
+def _where_done(done, new, old):
+    return jax.tree.map(lambda n, o: jnp.where(done.reshape(done.shape + (1,) * (n.ndim - 1)), n, o), new, old)
+
+
+def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: Optional[Sampler] = None,
+                 demo_paths: Optional[np.ndarray] = None) -> Trainer:
+    """Build the pure `init`, `update` and `policy` functions for one static config.
+
+    env: defaults to `AssemblyEnv(config.env)`. sampler: reset distribution
+    `key -> init [3]`, default uniform over the env's θ box. demo_paths: [N, T, 3]
+    reversed disassembly paths (`Demos.assembly_paths()`), required iff
+    `config.imitation` is set.
+    """
+    env = AssemblyEnv(config.env) if env is None else env
+    sampler = env_uniform(env) if sampler is None else sampler
+    imit = config.imitation
+    if imit is not None:
+        if demo_paths is None or np.asarray(demo_paths).ndim != 3 or len(demo_paths) == 0:
+            raise ValueError("config.imitation is set: pass demo_paths [N, T, 3] (Demos.assembly_paths())")
+        paths = jnp.asarray(demo_paths, jnp.float32)
+    history = imit.history if imit is not None else 1
+    model = ActorCritic(env.action_size, config.actor_hidden, config.critic_hidden, config.activation)
+    B = config.num_envs
+
+    def shifted(offset) -> Sampler:
+        return lambda key: sampler(key) + jnp.array([0.0, 0.0, 1.0]) * offset
+
+    def critic_input(states: EnvState):
+        return states.critic_obs if config.asymmetric_critic else states.obs
+
+    def init(key: jax.Array, hparams: Optional[PPOHyperparams] = None) -> TrainState:
+        hp = default_hyperparams(config) if hparams is None else hparams
+        key, k_params, k_inits, k_resets = jax.random.split(key, 4)
+        params = model.init(k_params, jnp.zeros(env.observation_size),
+                            jnp.zeros(env.critic_observation_size if config.asymmetric_critic else env.observation_size))
+        params = flax.core.unfreeze(params)
+        params["params"]["log_std"] = jnp.full(env.action_size, hp.init_log_std)
+        offset = jnp.asarray(config.curriculum.initial if config.curriculum else 0.0, jnp.float32)
+        inits = jax.vmap(shifted(offset))(jax.random.split(k_inits, B))
+        states = jax.vmap(env.reset)(jax.random.split(k_resets, B), inits)
+        obs_stats, critic_stats = init_stats(env.observation_size), init_stats(critic_input(states).shape[-1])
+        if config.normalize_obs:
+            obs_stats, critic_stats = update_stats(obs_stats, states.obs), update_stats(critic_stats, critic_input(states))
+        window = jax.vmap(lambda p: fresh_window(p, history))(_goal_relative_fingertip(env, states))
+        return TrainState(params=params, opt_state=make_optimizer(config, hp).init(params), obs_stats=obs_stats,
+                          critic_stats=critic_stats, env_state=states, window=window,
+                          episode_return=jnp.zeros(B), key=key, update=jnp.zeros((), jnp.int32),
+                          height_offset=offset, hparams=hp)
+
+    def rollout(state: TrainState, key: jax.Array):
+        hp = state.hparams
+        step = step_with_reset(env, shifted(state.height_offset))
+        env_weights = {k: v for k, v in hp.reward_weights.items() if k != IMITATION_TERM}
+
+        def act(carry, key):
+            states, window, ep_return = carry
+            k_act, k_env = jax.random.split(key)
+            obs_n = normalize(state.obs_stats, states.obs, config.obs_clip)
+            cobs_n = normalize(state.critic_stats, critic_input(states), config.obs_clip)
+            mean, log_std, value = model.apply(state.params, obs_n, cobs_n)
+            dist = action_distribution(mean, log_std)
+            action = dist.sample(seed=k_act)
+            next_states, stepped = step(k_env, states, action)
+            next_value = model.apply(state.params, normalize(state.critic_stats, critic_input(stepped), config.obs_clip),
+                                     method=ActorCritic.value)
+            reward = combine_reward(stepped.terms, env_weights)
+            r_imit = jnp.zeros(B)
+            if imit is not None:
+                window = jax.vmap(push_window)(window, _goal_relative_fingertip(env, stepped))
+                r_imit = jax.vmap(lambda w: imitation_reward(w, paths, imit.gamma, imit.max_segment).reward)(window)
+                reward = reward + hp.reward_weights[IMITATION_TERM] * r_imit
+            done = stepped.done
+            restarted = jax.vmap(lambda p: fresh_window(p, history))(_goal_relative_fingertip(env, next_states))
+            window = _where_done(done, restarted, window)
+            ep_return = ep_return + reward
+            info = dict(reward=reward, imitation=r_imit, done=done, success=stepped.success & stepped.truncated,
+                        final_return=jnp.where(done, ep_return, 0.0))
+            transition = Transition(obs=states.obs, critic_obs=critic_input(states), action=action,
+                                    log_prob=dist.log_prob(action), value=value, next_value=next_value,
+                                    reward=reward * hp.reward_scale, terminated=stepped.terminated, done=done)
+            return (next_states, window, jnp.where(done, 0.0, ep_return)), (transition, info)
+
+        carry = (state.env_state, state.window, state.episode_return)
+        carry, (batch, info) = jax.lax.scan(act, carry, jax.random.split(key, config.num_steps))
+        return carry, batch, info
+
+    def loss_fn(params, obs_stats, critic_stats, hp, mb: Transition, advantages, returns):
+        mean, log_std, value = model.apply(params, normalize(obs_stats, mb.obs, config.obs_clip),
+                                           normalize(critic_stats, mb.critic_obs, config.obs_clip))
+        dist = action_distribution(mean, log_std)
+        log_ratio = dist.log_prob(mb.action) - mb.log_prob
+        policy_loss, clip_fraction = losses.clipped_policy_loss(
+            log_ratio, losses.normalize_advantages(advantages), hp.clip_eps)
+        value_loss = losses.clipped_value_loss(value, mb.value, returns, hp.value_clip)
+        entropy = jnp.mean(dist.entropy())
+        total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
+        return total, dict(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy,
+                           approx_kl=losses.approx_kl(log_ratio), clip_fraction=clip_fraction)
+
+    def update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
+        hp = state.hparams
+        key, k_roll, k_epochs = jax.random.split(state.key, 3)
+        (env_state, window, ep_return), batch, info = rollout(state, k_roll)
+        advantages, returns = losses.gae(batch.reward, batch.value, batch.next_value, batch.terminated, batch.done,
+                                         hp.gamma, hp.gae_lambda)
+        optimizer = make_optimizer(config, hp)
+        flat = jax.tree.map(lambda x: x.reshape((config.batch_size,) + x.shape[2:]), (batch, advantages, returns))
+
+        def minibatch_step(carry, idx):
+            params, opt_state = carry
+            mb, adv, ret = jax.tree.map(lambda x: x[idx], flat)
+            grads, stats = jax.grad(loss_fn, has_aux=True)(params, state.obs_stats, state.critic_stats, hp, mb, adv, ret)
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            stats["grad_norm"] = optax.global_norm(grads)
+            return (optax.apply_updates(params, updates), opt_state), stats
+
+        def epoch(carry, key):
+            order = jax.random.permutation(key, config.batch_size).reshape(config.num_minibatches, -1)
+            return jax.lax.scan(minibatch_step, carry, order)
+
+        (params, opt_state), stats = jax.lax.scan(epoch, (state.params, state.opt_state),
+                                                  jax.random.split(k_epochs, config.update_epochs))
+        obs_stats, critic_stats = state.obs_stats, state.critic_stats
+        if config.normalize_obs:
+            obs_stats, critic_stats = update_stats(obs_stats, batch.obs), update_stats(critic_stats, batch.critic_obs)
+
+        episodes, successes = jnp.sum(info["done"]), jnp.sum(info["success"])
+        rate = successes / jnp.maximum(episodes, 1)
+        offset = state.height_offset
+        if config.curriculum is not None:
+            c = config.curriculum
+            change = jnp.where(rate > c.raise_above, c.step, jnp.where(rate < c.lower_below, -c.step, 0.0))
+            offset = jnp.clip(offset + jnp.where(episodes > 0, change, 0.0), c.minimum, c.maximum)
+        count = opt_state[1][0].count  # adam's step counter
+        lr = (optax.linear_schedule(hp.learning_rate, 0.0, config.num_updates * config.update_epochs
+                                    * config.num_minibatches)(count) if config.anneal_lr else hp.learning_rate)
+        nan = jnp.asarray(jnp.nan)
+        metrics = UpdateMetrics(
+            env_steps=(state.update + 1) * config.batch_size, reward=jnp.mean(info["reward"]),
+            imitation=jnp.mean(info["imitation"]), episodes=episodes, successes=successes,
+            success_rate=jnp.where(episodes > 0, rate, nan),
+            episode_return=jnp.where(episodes > 0, jnp.sum(info["final_return"]) / jnp.maximum(episodes, 1), nan),
+            learning_rate=lr, height_offset=offset,
+            **{k: jnp.mean(v) for k, v in stats.items()})
+        new_state = state.replace(params=params, opt_state=opt_state, obs_stats=obs_stats, critic_stats=critic_stats,
+                                  env_state=env_state, window=window, episode_return=ep_return, key=key,
+                                  update=state.update + 1, height_offset=offset)
+        return new_state, metrics
+
+    def policy(state: TrainState) -> Policy:
+        return Policy(params=state.params, obs_stats=state.obs_stats)
+
+    return Trainer(config=config, env=env, model=model, init=init, update=update, policy=policy)
+
+
+def make_chunk(trainer: Trainer, num_updates: int):
+    """`chunk(state) -> (state, metrics[num_updates])`: a scan of updates (jit it)."""
+
+    def chunk(state: TrainState):
+        return jax.lax.scan(lambda s, _: trainer.update(s), state, None, length=num_updates)
+
+    return chunk
+
+
+def make_train(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: Optional[Sampler] = None,
+               demo_paths: Optional[np.ndarray] = None):
+    """`train(key, hparams=None) -> (TrainState, UpdateMetrics[num_updates])`, pure and jittable."""
+    trainer = make_trainer(config, env, sampler, demo_paths)
+    run = make_chunk(trainer, config.num_updates)
+
+    def train(key: jax.Array, hparams: Optional[PPOHyperparams] = None):
+        return run(trainer.init(key, hparams))
+
+    return train
