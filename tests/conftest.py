@@ -3,6 +3,10 @@
 import os
 import pathlib
 
+# JAX's CPU linear algebra calls OpenBLAS; its threads fight XLA's for 2 cores and made
+# single GP fits vary 100x under load. Must be set before numpy loads OpenBLAS.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
 import refinery_jax  # noqa: F401  (sets XLA_FLAGS before JAX initialises)
 import jax
 

@@ -75,7 +75,7 @@ def test_bad_part_parameters_are_rejected():
     with pytest.raises(ValueError, match="chamfer"):
         parts.square_peg("x", side=0.004, chamfer=0.003)
     with pytest.raises(ValueError, match="depth"):
-        parts.square_peg("x", depth=0.05, length=0.04)
+        parts.square_peg("x", depth=-0.01)
     with pytest.raises(ValueError, match="timeconst"):
         PhysicsConfig(timestep=0.01, contact_timeconst=0.01)
 
@@ -94,3 +94,21 @@ def test_scene_compiles_with_only_plug_socket_contacts(task, embodiment):
     assert all(m.geom_contype[p] & m.geom_conaffinity[s] or m.geom_contype[s] & m.geom_conaffinity[p]
                for p in plug for s in socket)
     assert not any(m.geom_contype[p] & m.geom_conaffinity[q] for p in plug for q in plug)
+
+
+def test_multipart_stages_stack_earlier_parts_into_the_socket():
+    from refinery_jax.assets.multipart import get_multipart
+
+    mp = get_multipart("two_pin_plate")
+    assert mp.num_stages == 3
+    stages = [registry.get_assembly(f"two_pin_plate/{i}") for i in range(3)]
+    base_boxes = len(mp.base)
+    assert [len(s.socket) for s in stages] == [base_boxes, base_boxes + 1, base_boxes + 2]
+    # stage 2's socket frame sits on the pin tops: pins reach z = 0 there, and the plate's goal is the base top
+    pin_tops = max(b.pos[2] + b.half_size[2] for b in stages[2].socket[base_boxes:])
+    assert pin_tops == pytest.approx(0.0, abs=1e-9)
+    assert stages[2].goal_in_socket[2] == pytest.approx(-mp.parts[2].depth)
+    with pytest.raises(ValueError, match="stages"):
+        mp.stage(3)
+    for stage in range(3):
+        mujoco.MjModel.from_xml_string(scene_xml(stages[stage], "floating_hand", PhysicsConfig()))

@@ -36,8 +36,8 @@ class TwoPartAssembly:
     plug_density: float = 1200.0  # kg/m^3, a stiff plastic
 
     def __post_init__(self):
-        if self.depth <= 0 or self.plug_length <= self.depth:
-            raise ValueError(f"{self.name}: need 0 < depth < plug_length, got {self.depth}, {self.plug_length}")
+        if self.depth <= 0 or self.plug_length <= 0:
+            raise ValueError(f"{self.name}: need positive depth and plug_length, got {self.depth}, {self.plug_length}")
 
     @property
     def goal_in_socket(self) -> np.ndarray:
@@ -55,12 +55,12 @@ class TwoPartAssembly:
 # Sockets
 
 
-def rectilinear_socket(holes: list[Rect], depth: float, wall: float = 0.01, floor: float = 0.005) -> tuple[Box, ...]:
+def rectilinear_socket(holes: list[Rect], depth: float, wall: float = 0.01, floor: float | None = 0.005) -> tuple[Box, ...]:
     """A block with axis-aligned rectangular holes, as few boxes as a grid merge gives.
 
     The block's footprint is the holes' bounding box grown by `wall`. Breakpoints of all
     rectangles define a grid; solid cells are merged along x into runs, and equal runs in
-    consecutive rows are merged along y.
+    consecutive rows are merged along y. `floor=None` leaves the holes open below (a plate).
     """
     x0 = min(h[0] for h in holes) - wall
     x1 = max(h[1] for h in holes) + wall
@@ -95,7 +95,8 @@ def rectilinear_socket(holes: list[Rect], depth: float, wall: float = 0.01, floo
         for ylo, yhi, runs in rows
         for a, b in runs
     ]
-    boxes.append(_floor(x0, x1, y0, y1, depth, floor))
+    if floor is not None:
+        boxes.append(_floor(x0, x1, y0, y1, depth, floor))
     return tuple(boxes)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 from refinery_jax.assets import parts
+from refinery_jax.assets.multipart import MULTIPART_ASSEMBLIES, get_multipart
 from refinery_jax.assets.parts import TwoPartAssembly
 
 DEFAULT_TASK = "square_peg"
@@ -42,9 +43,15 @@ def task_names() -> tuple[str, ...]:
 
 
 def get_assembly(name: str) -> TwoPartAssembly:
-    if name not in _TASKS:
-        raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(_TASKS)}")
-    return _TASKS[name](name)
+    """A registered 2-part task, or stage i of a multi-part assembly named "ASSEMBLY/i"."""
+    if name in _TASKS:
+        return _TASKS[name](name)
+    if "/" in name:
+        assembly, _, stage = name.partition("/")
+        if stage.isdigit():
+            return get_multipart(assembly).stage(int(stage))
+    raise ValueError(f"unknown task {name!r}; registered tasks: {', '.join(_TASKS)}; "
+                     f"multi-part stages are named ASSEMBLY/i with ASSEMBLY in {', '.join(MULTIPART_ASSEMBLIES)}")
 
 
 def register_task(name: str, factory: Callable[[str], TwoPartAssembly]) -> None:
