@@ -11,6 +11,7 @@ import refinery_jax  # noqa: F401  (sets XLA_FLAGS before JAX initialises)
 import jax
 
 # Compiles dominate test time on CPU; reuse them across runs of the suite.
-_CACHE = pathlib.Path(os.environ.get("REFINERY_JAX_CACHE", pathlib.Path(__file__).parents[1] / ".jax_cache"))
+# The cache lives outside the checkout so fresh clones on the same machine share it.
+_CACHE = pathlib.Path(os.environ.get("REFINERY_JAX_CACHE", pathlib.Path.home() / ".cache" / "refinery_jax" / "jax"))
 jax.config.update("jax_compilation_cache_dir", str(_CACHE))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)

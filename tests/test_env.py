@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from refinery_jax.assets.registry import task_names
 from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE, AssemblyEnv, EnvConfig, max_penetration
 from refinery_jax.envs.demos import DemoConfig, make_generator
 from refinery_jax.envs.samplers import env_uniform, step_with_reset, uniform_box
@@ -113,12 +114,22 @@ def test_auto_reset_draws_fresh_inits_every_episode(hand):
     assert np.all((inits >= env.init_low - 1e-6) & (inits <= env.init_high + 1e-6))
 
 
-@pytest.mark.parametrize("embodiment", ["floating_hand", "franka"])
-def test_scripted_insertion_succeeds_from_nominal(embodiment):
-    env = AssemblyEnv(EnvConfig(embodiment=embodiment))
-    keys = jax.random.split(jax.random.key(0), 4)
-    inits = jnp.tile(_nominal(env), (4, 1))
-    _, success, penetration = jax.jit(jax.vmap(lambda k, i: run_scripted_episode(env, k, i)))(keys, inits)
+# Every task on the floating hand runs in CI; on the arm, one task per family does, and the
+# full arm sweep (and experiments/validate_assets.py) runs with -m slow.
+FRANKA_CI_TASKS = ("square_peg", "square_peg_chamfered_tight", "round_peg", "keyed_peg", "three_pin_plug")
+SCRIPTED_CASES = [(t, "floating_hand") for t in task_names()] + [
+    (t, "franka") if t in FRANKA_CI_TASKS else pytest.param(t, "franka", marks=pytest.mark.slow) for t in task_names()]
+
+
+@pytest.mark.parametrize(("task", "embodiment"), SCRIPTED_CASES)
+def test_scripted_insertion_succeeds_from_nominal(task, embodiment):
+    """Also the per-task check that reset and step run under jit with the right shapes, finite."""
+    env = AssemblyEnv(EnvConfig(task=task, embodiment=embodiment))
+    keys = jax.random.split(jax.random.key(0), 2)
+    inits = jnp.tile(_nominal(env), (2, 1))
+    final, success, penetration = jax.jit(jax.vmap(lambda k, i: run_scripted_episode(env, k, i)))(keys, inits)
+    assert final.obs.shape == (2, POLICY_OBS_SIZE) and final.critic_obs.shape == (2, CRITIC_OBS_SIZE)
+    assert bool(jnp.all(jnp.isfinite(final.obs))) and not bool(jnp.any(final.terminated))
     assert bool(jnp.all(success)), success
     assert float(jnp.max(penetration)) < PENETRATION_BOUND
 
