@@ -185,6 +185,22 @@ def test_deployment_sampler_is_a_pure_key_to_init_function(success_gmm):
     assert len({tuple(np.asarray(r)) for r in inits}) > 1  # different keys, different inits
 
 
+def test_reject_mode_with_fewer_inside_than_top_k_stays_in_box(success_gmm):
+    """Inside samples come first (by density); the rest are clipped fill-ins, never outside."""
+    _, _, gmm = success_gmm
+    low, high = np.full(D, 0.0065, np.float32), np.full(D, 0.01, np.float32)
+    key = jax.random.key(11)
+    # The selection draws exactly these M = 1000 samples from the same key.
+    samples = np.asarray(gmm_sample(key, gmm, DeploymentConfig().num_candidates))
+    inside = samples[np.all((samples >= low) & (samples <= high), axis=1)]
+    assert 0 < len(inside) < 5, len(inside)  # the case under test
+    inits, log_p = select_initialisations(key, gmm, low, high, top_k=5)
+    assert np.all((inits >= low) & (inits <= high))
+    order = np.argsort(-np.asarray(gmm_log_prob(gmm, inside)))
+    np.testing.assert_array_equal(inits[: len(inside)], inside[order])
+    np.testing.assert_allclose(gmm_log_prob(gmm, inits), log_p, rtol=1e-5)
+
+
 def test_clip_mode_projects_onto_a_small_box(success_gmm):
     _, _, gmm = success_gmm
     low, high = np.full(D, 0.008, np.float32), np.full(D, 0.009, np.float32)

@@ -508,9 +508,9 @@ class DeploymentConfig:
       num_candidates: M samples drawn from the GMM (paper: 1000).
       selection: ``"argmax"`` (the paper: highest GMM density among the samples) or
         ``"random"`` (one GMM sample, what Refinery's public code does).
-      out_of_box: with a box given, ``"reject"`` (drop samples outside it; if none is
-        inside, fall back to clipping), ``"clip"`` (project samples onto it) or
-        ``"ignore"``.
+      out_of_box: with a box given, ``"reject"`` (drop samples outside it; if fewer
+        than ``top_k`` are inside, fill up with the best of the outside samples
+        clipped onto the box), ``"clip"`` (project samples onto it) or ``"ignore"``.
     """
 
     num_candidates: int = 1000
@@ -533,19 +533,17 @@ def _select_jit(key, model, box_low, box_high, config, top_k, has_box):
     in_box = jnp.ones(config.num_candidates, bool)
     if has_box and config.out_of_box != "ignore":
         clipped = jnp.clip(samples, box_low, box_high)
-        if config.out_of_box == "clip":
-            samples = clipped
-        else:
+        if config.out_of_box == "reject":
             in_box = jnp.all((samples >= box_low) & (samples <= box_high), axis=1)
-            # No sample inside: use the clipped ones rather than return nothing.
-            samples = jnp.where(jnp.any(in_box), samples, clipped)
-            in_box = in_box | ~jnp.any(in_box)
+        # "reject": outside samples are clipped too, but ranked after every inside
+        # one, so they are used only when fewer than top_k samples fall inside.
+        samples = clipped
     log_p = dist.log_prob(samples)
     if config.selection == "argmax":
         score = log_p
     else:  # samples are i.i.d., so "the first acceptable ones" are a random draw
         score = -jnp.arange(config.num_candidates, dtype=log_p.dtype)
-    _, idx = jax.lax.top_k(jnp.where(in_box, score, -jnp.inf), top_k)
+    idx = jnp.lexsort((-score, ~in_box))[:top_k]  # inside first, then by score
     return samples[idx], log_p[idx]
 
 
@@ -557,7 +555,8 @@ def select_initialisations(key, model: GMMState | GMMParams, box_low=None, box_h
       key: PRNG key.
       model: fitted mixture.
       box_low, box_high: optional [d] initialisation box (see ``config.out_of_box``).
-      top_k: how many to return, best first (highest density for ``"argmax"``).
+      top_k: how many to return, best first (highest density for ``"argmax"``;
+        with ``out_of_box="reject"``, samples inside the box before clipped fill-ins).
 
     Returns:
       (inits [top_k, d], log_density [top_k]).
