@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+from refinery_jax.success_models import acquisition as acquisition_module
 from refinery_jax.success_models import (
     AcquisitionParams,
     GPParams,
@@ -135,9 +136,38 @@ def test_acquisition_direction(gp_state):
     success = acquisition_values(gp_state, xq, ProposalConfig(kind="ucb", target="success"))
     np.testing.assert_allclose(failure, 1.0 - mean + 2.0 * std, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(success, mean + 2.0 * std, rtol=1e-5, atol=1e-6)
-    # β is traced: changing it reuses the compiled function and changes the value.
+    # β is traced: changing it (Python float or NumPy scalar) reuses the compiled
+    # function and changes the value.
+    before = acquisition_module._acquisition_values_jit._cache_size()
     beta0 = acquisition_values(gp_state, xq, ProposalConfig(kind="ucb"), AcquisitionParams(beta=0.0))
+    beta1 = acquisition_values(gp_state, xq, ProposalConfig(kind="ucb"), AcquisitionParams(beta=np.float32(1.0)))
+    assert acquisition_module._acquisition_values_jit._cache_size() == before
     np.testing.assert_allclose(beta0, 1.0 - mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(beta1, 1.0 - mean + std, rtol=1e-5, atol=1e-6)
+
+
+def test_pi_and_ei_on_the_gp_match_closed_forms_with_their_incumbents(gp_state):
+    """PI/EI through the GP: orientation, incumbent J⁺ and ξ, against SciPy."""
+    rng = np.random.default_rng(3)
+    xq = rng.uniform(BOX_LOW, BOX_HIGH, (16, 3)).astype(np.float32)
+    mean, std = (np.asarray(a, np.float64) for a in posterior(gp_state, xq))
+    valid = np.asarray(gp_state.weights) > 0
+    observed_y = np.asarray(gp_state.y) * float(gp_state.y_scale) + float(gp_state.y_mean)
+    train_x = np.asarray(gp_state.x) * (BOX_HIGH - BOX_LOW) + BOX_LOW
+    train_mean = np.asarray(posterior(gp_state, train_x)[0], np.float64)
+    xi = 0.01
+    # target="failure": maximise 1 - J; J⁺ is the best (lowest-success) value.
+    best_observed = np.max(1.0 - observed_y[valid])
+    z = (1.0 - mean - best_observed - xi) / std
+    pi = acquisition_values(gp_state, xq, ProposalConfig(kind="pi", incumbent="observed"), AcquisitionParams(xi=xi))
+    np.testing.assert_allclose(pi, stats.norm.cdf(z), atol=1e-5)
+    # target="success", incumbent = best posterior mean at the observed points.
+    best_mean = np.max(train_mean[valid])
+    diff = mean - best_mean
+    ei_ref = diff * stats.norm.cdf(diff / std) + std * stats.norm.pdf(diff / std)
+    ei = acquisition_values(gp_state, xq, ProposalConfig(kind="ei", target="success"))
+    np.testing.assert_allclose(ei, ei_ref, rtol=1e-3, atol=1e-6)
+    assert np.any(ei_ref > 1e-3) and np.any(stats.norm.cdf(z) > 1e-3)  # not all ~0
 
 
 @pytest.mark.parametrize("kind", ["ucb", "log_ei"])

@@ -254,7 +254,11 @@ def _incumbent(state: GPState, config: ProposalConfig):
     return jnp.max(jnp.where(valid, oriented, -jnp.inf))
 
 
-@partial(jax.jit, static_argnames=("config",))
+def _as_float32(params: AcquisitionParams) -> AcquisitionParams:
+    """One dtype for β and ξ, so Python floats and NumPy/JAX scalars share a compile."""
+    return jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
+
+
 def acquisition_values(state: GPState, x, config: ProposalConfig = ProposalConfig(),
                        params: AcquisitionParams = AcquisitionParams()):
     """Acquisition ``config.kind`` (oriented by ``config.target``) at candidates.
@@ -262,10 +266,17 @@ def acquisition_values(state: GPState, x, config: ProposalConfig = ProposalConfi
     Args:
       state: fitted GP.
       x: [M, d] candidates, original units.
+      config: static :class:`ProposalConfig` (``kind``, ``target``, ``incumbent``).
+      params: :class:`AcquisitionParams` (β, ξ; traced).
 
     Returns:
       [M] acquisition values (log EI for ``"log_ei"``).
     """
+    return _acquisition_values_jit(state, x, config, _as_float32(params))
+
+
+@partial(jax.jit, static_argnames=("config",))
+def _acquisition_values_jit(state: GPState, x, config: ProposalConfig, params: AcquisitionParams):
     best = _incumbent(state, config)
 
     def one(xi):
@@ -388,5 +399,4 @@ def propose(key, gp_state: GPState, box_low, box_high, config: ProposalConfig = 
     if not isinstance(box_low, jax.core.Tracer) and not isinstance(box_high, jax.core.Tracer):
         if not bool(jnp.all(box_high > box_low)):
             raise ValueError("box_high must be strictly greater than box_low in every dimension")
-    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float32), params)
-    return _propose_jit(key, gp_state, box_low, box_high, config, params)
+    return _propose_jit(key, gp_state, box_low, box_high, config, _as_float32(params))
