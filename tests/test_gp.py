@@ -79,6 +79,10 @@ def test_posterior_equals_direct_cholesky_formula(kernel):
     ref_std = np.sqrt(amplitude**2 - np.sum(v**2, axis=0)) * y_scale
     np.testing.assert_allclose(mean, ref_mean, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(std, ref_std, rtol=1e-3, atol=1e-5)
+    # Log marginal likelihood per valid point, standardised units (padding excluded).
+    y_std = (yv - y_mean) / y_scale
+    ref_lml = (-0.5 * y_std @ alpha - np.sum(np.log(np.diag(L))) - 0.5 * n_valid * math.log(2 * math.pi)) / n_valid
+    np.testing.assert_allclose(float(state.log_marginal_likelihood), ref_lml, rtol=1e-4, atol=1e-4)
 
 
 def test_padding_is_exact():
