@@ -337,22 +337,25 @@ def _condition(params, u, y_std, weights, y_mean, y_scale, box_low, box_high, ke
     )
 
 
+def _preprocess(x, y, box_low, box_high, weights, min_output_scale):
+    """(u [N, d] in the box, y_std [N], y_mean, y_scale); padding rows zeroed first,
+    since they may hold garbage (even NaN)."""
+    valid = weights > 0
+    u = jnp.where(valid[:, None], _normalise_inputs(x, box_low, box_high), 0.0)
+    y_std, y_mean, y_scale = _standardise(jnp.where(valid, y, 0.0), weights, min_output_scale)
+    return u, y_std, y_mean, y_scale
+
+
 @partial(jax.jit, static_argnames=("config",))
 def _fit_gp_jit(key, x, y, box_low, box_high, weights, config):
-    u = _normalise_inputs(x, box_low, box_high)
-    u = jnp.where((weights > 0)[:, None], u, 0.0)  # padding rows may hold garbage
-    y = jnp.where(weights > 0, y, 0.0)
-    y_std, y_mean, y_scale = _standardise(y, weights, config.min_output_scale)
+    u, y_std, y_mean, y_scale = _preprocess(x, y, box_low, box_high, weights, config.min_output_scale)
     params = _optimise_hyperparameters(key, u, y_std, weights, config)
     return _condition(params, u, y_std, weights, y_mean, y_scale, box_low, box_high, config.kernel)
 
 
 @partial(jax.jit, static_argnames=("kernel", "min_output_scale"))
 def _condition_gp_jit(params, x, y, box_low, box_high, weights, kernel, min_output_scale):
-    u = _normalise_inputs(x, box_low, box_high)
-    u = jnp.where((weights > 0)[:, None], u, 0.0)
-    y = jnp.where(weights > 0, y, 0.0)
-    y_std, y_mean, y_scale = _standardise(y, weights, min_output_scale)
+    u, y_std, y_mean, y_scale = _preprocess(x, y, box_low, box_high, weights, min_output_scale)
     return _condition(params, u, y_std, weights, y_mean, y_scale, box_low, box_high, kernel)
 
 
