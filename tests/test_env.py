@@ -116,7 +116,7 @@ def test_auto_reset_draws_fresh_inits_every_episode(hand):
 
 # Every task on the floating hand runs in CI; on the arm, one task per family does, and the
 # full arm sweep (and experiments/validate_assets.py) runs with -m slow.
-FRANKA_CI_TASKS = ("square_peg", "square_peg_chamfered_tight", "round_peg", "keyed_peg", "three_pin_plug")
+FRANKA_CI_TASKS = ("square_peg", "rect_peg_tight", "round_peg", "keyed_peg", "three_pin_plug")
 SCRIPTED_CASES = [(t, "floating_hand") for t in task_names()] + [
     (t, "franka") if t in FRANKA_CI_TASKS else pytest.param(t, "franka", marks=pytest.mark.slow) for t in task_names()]
 
