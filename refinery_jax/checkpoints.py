@@ -2,11 +2,14 @@
 normaliser statistics, environments, RNG key, step), with validation on restore.
 
 A checkpoint directory holds numbered steps written atomically by orbax's
-`CheckpointManager`, each with the pytree and a JSON `meta` record. `meta` carries
-a fingerprint of the configuration that produced it; `restore_checkpoint` refuses
-(CheckpointError) a checkpoint written for another configuration, one whose arrays do
-not match the template's shapes and dtypes, and one it cannot read (corrupt).
-Typed PRNG keys are stored as their raw key data and re-wrapped on restore.
+`CheckpointManager`, each with the pytree's leaves and a JSON `meta` record. `meta`
+carries the caller's entries (e.g. a fingerprint of the configuration) and the path,
+shape and dtype of every leaf. `restore_checkpoint` refuses (CheckpointError) a
+checkpoint written for another run, one whose leaves do not match the template's,
+and one it cannot read (corrupt), naming what differs.
+
+Leaves are stored flat (orbax cannot store zero-size arrays, which `mjx.Data` has:
+those are rebuilt from the template); typed PRNG keys are stored as raw key data.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ from typing import Any, Optional
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+_LEAVES = "_leaves"
 
 
 class CheckpointError(RuntimeError):
@@ -33,8 +38,15 @@ def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
 
-def _to_storable(tree):
-    return jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else np.asarray(x), tree)
+def _flatten(tree):
+    """[(path string, numpy array)] with keys as raw key data, and the treedef."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    flat = [(jax.tree_util.keystr(p), np.asarray(jax.random.key_data(x) if _is_key(x) else x)) for p, x in leaves]
+    return flat, treedef
+
+
+def _describe(flat):
+    return [[path, list(x.shape), str(x.dtype)] for path, x in flat]
 
 
 def _manager(directory, max_to_keep: Optional[int] = 2, create: bool = True) -> ocp.CheckpointManager:
@@ -44,9 +56,12 @@ def _manager(directory, max_to_keep: Optional[int] = 2, create: bool = True) -> 
 
 def save_checkpoint(directory, step: int, state: Any, meta: dict, max_to_keep: Optional[int] = 2) -> None:
     """Write `state` (any pytree of arrays) and the JSON-serialisable `meta` as step `step`."""
+    flat, _ = _flatten(jax.device_get(state))
+    arrays = {f"{i:05d}": x for i, (_, x) in enumerate(flat) if x.size > 0}
+    record = {**meta, _LEAVES: _describe(flat)}
     with _manager(directory, max_to_keep) as manager:
-        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(_to_storable(jax.device_get(state))),
-                                                   meta=ocp.args.JsonSave(dict(meta))), force=True)
+        manager.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(arrays), meta=ocp.args.JsonSave(record)),
+                     force=True)
         manager.wait_until_finished()
 
 
@@ -56,6 +71,19 @@ def latest_step(directory) -> Optional[int]:
         return None
     with _manager(directory, create=False) as manager:
         return manager.latest_step()
+
+
+def _check_leaves(stored, expected, where):
+    if stored == expected:
+        return
+    if len(stored) != len(expected) or any(s[0] != e[0] for s, e in zip(stored, expected)):
+        missing = sorted({e[0] for e in expected} - {s[0] for s in stored})[:5]
+        extra = sorted({s[0] for s in stored} - {e[0] for e in expected})[:5]
+        raise CheckpointError(f"{where} has a different state structure ({len(stored)} arrays stored, "
+                              f"{len(expected)} expected; missing {missing}, unexpected {extra})")
+    diffs = [f"{e[0]}: stored {tuple(s[1])} {s[2]}, expected {tuple(e[1])} {e[2]}"
+             for s, e in zip(stored, expected) if s != e]
+    raise CheckpointError(f"{where} does not match this run's arrays: " + "; ".join(diffs[:5]))
 
 
 def restore_checkpoint(directory, template: Any, expected_meta: Optional[dict] = None, step: Optional[int] = None):
@@ -68,30 +96,25 @@ def restore_checkpoint(directory, template: Any, expected_meta: Optional[dict] =
     step = latest_step(directory) if step is None else step
     if step is None:
         raise CheckpointError(f"no checkpoint in {directory}")
-    storable = _to_storable(template)
-    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype), storable)
+    where = f"checkpoint {directory} step {step}"
+    flat, treedef = _flatten(template)
     try:
         with _manager(directory, create=False) as manager:
             meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-            if expected_meta:
-                wrong = {k: (meta.get(k), v) for k, v in expected_meta.items() if meta.get(k) != v}
-                if wrong:
-                    raise CheckpointError(f"checkpoint {directory} step {step} belongs to another run: "
-                                          + "; ".join(f"{k}: stored {s!r}, expected {e!r}" for k, (s, e) in wrong.items()))
-            restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+            wrong = {k: (meta.get(k), v) for k, v in (expected_meta or {}).items() if meta.get(k) != v}
+            if wrong:
+                raise CheckpointError(f"{where} belongs to another run: " + "; ".join(
+                    f"{k}: stored {s!r}, expected {e!r}" for k, (s, e) in wrong.items()))
+            _check_leaves(meta.get(_LEAVES), _describe(flat), where)
+            abstract = {f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype) for i, (_, x) in enumerate(flat) if x.size}
+            arrays = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except CheckpointError:
         raise
     except Exception as err:  # orbax/tensorstore raise many types for unreadable data
-        raise CheckpointError(f"cannot read checkpoint {directory} step {step} (corrupt, or written for a "
-                              f"different state structure): {type(err).__name__}: {err}") from err
-    flat_restored, tree_restored = jax.tree.flatten(restored)
-    flat_abstract, tree_abstract = jax.tree.flatten(abstract)
-    if tree_restored != tree_abstract:
-        raise CheckpointError(f"checkpoint {directory} step {step} has a different state structure")
-    for got, want in zip(flat_restored, flat_abstract):
-        if np.shape(got) != want.shape or np.asarray(got).dtype != want.dtype:
-            raise CheckpointError(f"checkpoint {directory} step {step}: array {np.shape(got)} "
-                                  f"{np.asarray(got).dtype} where {want.shape} {want.dtype} is expected")
-    state = jax.tree.map(lambda t, r: jax.random.wrap_key_data(r, impl=jax.random.key_impl(t)) if _is_key(t) else r,
-                         template, jax.tree.unflatten(tree_abstract, flat_restored))
-    return state, meta
+        raise CheckpointError(f"cannot read {where} (corrupt or incomplete): {type(err).__name__}: {err}") from err
+    leaves = []
+    for i, ((_, x), t) in enumerate(zip(flat, jax.tree.leaves(template))):
+        value = np.asarray(arrays[f"{i:05d}"]) if x.size else np.zeros(x.shape, x.dtype)
+        leaves.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(t)) if _is_key(t) else value)
+    meta = {k: v for k, v in meta.items() if k != _LEAVES}
+    return jax.tree.unflatten(treedef, leaves), meta

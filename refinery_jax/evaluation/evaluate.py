@@ -1,7 +1,7 @@
 """`evaluate(policy, inits, key) -> EvalResult`: success over given initial conditions.
 
 The single function the GP and the GMM consume: one fixed-length episode per row of
-`inits` [N, 3] (θ), jitted and batched (`lax.map` over chunks of `batch_size`
+`inits` [N, 3] (θ), jitted and batched (a `lax.map` over batches of `batch_size`
 vmapped episodes, so N is not limited by memory). Success is the environment's
 success flag at the final step of the episode; an episode whose simulation diverged
 (`terminated`) counts as a failure, and its length is the step it diverged.
@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from refinery_jax.envs.assembly_env import AssemblyEnv
-from refinery_jax.ppo.networks import ActorCritic, Policy, policy_action
+from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution
+from refinery_jax.ppo.normalization import normalize
 
 
 class EvalResult(NamedTuple):
@@ -24,22 +25,25 @@ class EvalResult(NamedTuple):
     lengths: jax.Array   # [N] int, steps until the episode ended (episode_steps unless it diverged)
 
 
-def make_evaluate(env: AssemblyEnv, model: ActorCritic, deterministic: bool = True, batch_size: int = 256,
-                  obs_clip: float = 5.0, episode_steps: Optional[int] = None):
-    """Build `evaluate(policy, inits [N, 3], key) -> EvalResult` (jitted).
+def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, obs_clip: float = 5.0,
+                  episode_steps: Optional[int] = None):
+    """Build `evaluate(policy, inits [N, 3], key, deterministic=True) -> EvalResult` (jitted).
 
-    deterministic: act with the Gaussian's mean; otherwise sample actions.
-    episode_steps: defaults to the environment's episode length (75 at 15 Hz x 5 s).
+    deterministic ([] bool, traced: both modes share one compile): act with the
+    Gaussian's mean, or sample actions. episode_steps: defaults to the environment's
+    episode length (75 at 15 Hz x 5 s).
     """
     steps = env.config.episode_steps if episode_steps is None else episode_steps
 
-    def episode(policy: Policy, key: jax.Array, init: jax.Array):
+    def episode(policy: Policy, deterministic: jax.Array, key: jax.Array, init: jax.Array):
         k_reset, k_act = jax.random.split(key)
         state = env.reset(k_reset, init)
 
         def body(carry, k):
             state, ret, length, alive = carry
-            action = policy_action(model, policy, state.obs, k, deterministic, obs_clip)
+            mean, log_std = model.apply(policy.params, normalize(policy.obs_stats, state.obs, obs_clip),
+                                        method=ActorCritic.policy)
+            action = jnp.where(deterministic, mean, action_distribution(mean, log_std).sample(seed=k))
             state = env.step(state, action)
             ret = ret + jnp.where(alive, state.reward, 0.0)
             length = length + alive.astype(jnp.int32)
@@ -50,11 +54,20 @@ def make_evaluate(env: AssemblyEnv, model: ActorCritic, deterministic: bool = Tr
         return EvalResult(success=state.success & alive, returns=ret, lengths=length)
 
     @jax.jit
-    def evaluate(policy: Policy, inits: jax.Array, key: jax.Array) -> EvalResult:
+    def evaluate(policy: Policy, inits: jax.Array, key: jax.Array, deterministic=True) -> EvalResult:
         inits = jnp.asarray(inits, jnp.float32)
         if inits.ndim != 2 or inits.shape[1] != 3:
             raise ValueError(f"inits must be [N, 3] initial conditions θ, got shape {inits.shape}")
-        keys = jax.random.split(key, inits.shape[0])
-        return jax.lax.map(lambda xs: episode(policy, *xs), (keys, inits), batch_size=batch_size)
+        n = inits.shape[0]
+        keys = jax.random.split(key, n)
+        deterministic = jnp.asarray(deterministic, bool)
+        run = jax.vmap(lambda k, i: episode(policy, deterministic, k, i))
+        if n <= batch_size:
+            return run(keys, inits)
+        # pad to whole batches (one compiled batch shape, no remainder path), then drop the padding
+        pad = -n % batch_size
+        keys, inits = (jnp.concatenate([x, x[:pad]]) for x in (keys, inits))
+        out = jax.lax.map(lambda xs: run(*xs), (keys.reshape(-1, batch_size), inits.reshape(-1, batch_size, 3)))
+        return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], out)
 
     return evaluate

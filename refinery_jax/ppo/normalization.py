@@ -15,7 +15,7 @@ class RunningStats:
 
 
 def init_stats(size: int) -> RunningStats:
-    return RunningStats(mean=jnp.zeros(size), var=jnp.ones(size), count=jnp.asarray(1e-4))
+    return RunningStats(mean=jnp.zeros(size), var=jnp.ones(size), count=jnp.asarray(1e-4, jnp.float32))
 
 
 def update_stats(stats: RunningStats, batch: jax.Array) -> RunningStats:

@@ -1,0 +1,185 @@
+"""Checkpoints: exact resume, clear errors for corrupt or mismatched checkpoints; the script's guards.
+
+Shares the tiny PPO config and chunk size with tests/test_ppo.py, so the persistent
+compilation cache serves the compiled `init` and chunk to both files.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from refinery_jax.checkpoints import CheckpointError, config_fingerprint, latest_step, restore_checkpoint, save_checkpoint
+from refinery_jax.ppo import default_hyperparams, make_chunk, make_trainer
+
+from test_ppo import CHUNK, SMOKE, SMOKE_HP
+
+REPO = pathlib.Path(__file__).parents[1]
+SCRIPT = REPO / "experiments" / "train_specialist.py"
+
+
+def _assert_trees_equal(a, b):
+    leaves_a, tree_a = jax.tree.flatten(a)
+    leaves_b, tree_b = jax.tree.flatten(b)
+    assert tree_a == tree_b
+    for x, y in zip(leaves_a, leaves_b):
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x, y = jax.random.key_data(x), jax.random.key_data(y)
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+@pytest.fixture(scope="module")
+def smoke():
+    trainer = make_trainer(SMOKE)
+    return trainer, jax.jit(trainer.init), jax.jit(make_chunk(trainer, CHUNK))
+
+
+def test_resume_after_interruption_gives_identical_parameters(smoke, tmp_path):
+    _, init, chunk = smoke
+    hp = default_hyperparams(SMOKE, **SMOKE_HP)
+    meta = {"fingerprint": config_fingerprint(SMOKE)}
+    # uninterrupted: two chunks
+    straight, _ = chunk(chunk(init(jax.random.key(7), hp))[0])
+    # interrupted: one chunk, checkpoint, "process dies", fresh template, restore, one more chunk
+    first, _ = chunk(init(jax.random.key(7), hp))
+    save_checkpoint(tmp_path, int(first.update), first, meta)
+    del first
+    template = init(jax.random.key(123), hp)  # a fresh run's state: only shapes matter
+    restored, got_meta = restore_checkpoint(tmp_path, template, expected_meta=meta)
+    assert got_meta["fingerprint"] == meta["fingerprint"] and int(restored.update) == CHUNK
+    resumed, _ = chunk(restored)
+    _assert_trees_equal(resumed.params, straight.params)
+    _assert_trees_equal(resumed.opt_state, straight.opt_state)
+    _assert_trees_equal((resumed.obs_stats, resumed.key, resumed.update), (straight.obs_stats, straight.key,
+                                                                          straight.update))
+
+
+def _small_state():
+    return {"w": jnp.arange(6.0).reshape(2, 3), "key": jax.random.key(0), "step": jnp.int32(3),
+            "flags": jnp.array([True, False])}
+
+
+def test_roundtrip_keeps_keys_dtypes_and_latest_step(tmp_path):
+    state = _small_state()
+    assert latest_step(tmp_path / "none") is None
+    save_checkpoint(tmp_path, 1, state, {"fingerprint": "a"})
+    save_checkpoint(tmp_path, 2, jax.tree.map(lambda x: x, {**state, "step": jnp.int32(4)}), {"fingerprint": "a"})
+    assert latest_step(tmp_path) == 2
+    restored, meta = restore_checkpoint(tmp_path, state)
+    assert int(restored["step"]) == 4 and meta == {"fingerprint": "a"}
+    _assert_trees_equal({k: v for k, v in restored.items() if k != "step"}, {k: v for k, v in state.items()
+                                                                           if k != "step"})
+    earlier, _ = restore_checkpoint(tmp_path, state, step=1)
+    assert int(earlier["step"]) == 3
+
+
+def test_mismatched_checkpoints_give_clear_errors(tmp_path):
+    state = _small_state()
+    save_checkpoint(tmp_path, 1, state, {"fingerprint": "config-a"})
+    with pytest.raises(CheckpointError, match="another run.*config-a"):
+        restore_checkpoint(tmp_path, state, expected_meta={"fingerprint": "config-b"})
+    with pytest.raises(CheckpointError, match=r"\(2, 3\).*\(3, 3\)"):
+        restore_checkpoint(tmp_path, {**state, "w": jnp.zeros((3, 3))})
+    with pytest.raises(CheckpointError, match="structure"):
+        restore_checkpoint(tmp_path, {"w": state["w"]})
+    with pytest.raises(CheckpointError, match="no checkpoint"):
+        restore_checkpoint(tmp_path / "empty", state)
+
+
+def test_corrupt_checkpoint_gives_clear_error(tmp_path):
+    state = _small_state()
+    save_checkpoint(tmp_path, 1, state, {"fingerprint": "a"})
+    data = [p for p in (tmp_path / "1" / "state").rglob("*") if p.is_file() and p.stat().st_size > 0
+            and "METADATA" not in p.name and p.name != "commit_success.txt"]
+    assert data, "expected array data files"
+    for p in data:
+        p.write_bytes(b"\x00garbage" * 3)
+    with pytest.raises(CheckpointError, match="cannot read checkpoint"):
+        restore_checkpoint(tmp_path, state)
+
+
+# ---------------------------------------------------------------------------
+# the experiment script's argument and directory guards (no compile happens)
+# ---------------------------------------------------------------------------
+
+def _script(*args, timeout=120):
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=timeout,
+                          env=env, cwd=REPO)
+
+
+def test_script_help():
+    proc = _script("--help")
+    assert proc.returncode == 0
+    assert "--resume" in proc.stdout and "--overwrite" in proc.stdout and "quick" in proc.stdout
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--task", "no_such_task"), "unknown task 'no_such_task'"),
+    (("--preset", "huge"), "invalid choice: 'huge'"),
+    (("--updates", "0"), "--updates must be positive"),
+])
+def test_script_rejects_bad_arguments_before_compiling(tmp_path, args, message):
+    t0 = time.time()
+    proc = _script("--out", str(tmp_path / "run"), *args)
+    assert proc.returncode == 2 and message in proc.stderr
+    assert not (tmp_path / "run").exists()
+    assert time.time() - t0 < 60
+
+
+def test_script_refuses_to_overwrite_runs(tmp_path):
+    finished = tmp_path / "finished"
+    finished.mkdir()
+    (finished / "results.json").write_text('{"success_rate": 0.9}')
+    proc = _script("--out", str(finished))
+    assert proc.returncode != 0 and "finished run" in proc.stderr and "--overwrite" in proc.stderr
+    assert (finished / "results.json").read_text() == '{"success_rate": 0.9}'
+
+    unfinished = tmp_path / "unfinished"
+    (unfinished / "checkpoints").mkdir(parents=True)
+    proc = _script("--out", str(unfinished))
+    assert proc.returncode != 0 and "--resume" in proc.stderr
+
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    proc = _script("--out", str(foreign))
+    assert proc.returncode != 0 and "not empty" in proc.stderr
+    assert (foreign / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.slow
+def test_script_killed_run_resumes_to_the_same_parameters(tmp_path):
+    import orbax.checkpoint as ocp
+
+    common = ["--task", "square_peg_loose", "--preset", "quick", "--updates", "20", "--eval-episodes", "8",
+              "--map-grid", "2", "--map-z", "1", "--map-trials", "1"]
+    straight = _script("--out", str(tmp_path / "a"), *common, timeout=3000)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    out = tmp_path / "b"
+    proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), *common], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 3000
+    while latest_step(out / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+        time.sleep(1.0)
+    proc.kill()
+    proc.wait()
+    assert latest_step(out / "checkpoints") == 10 and not (out / "results.json").exists()
+    assert _script("--out", str(out), *common).returncode != 0  # refuses without --resume
+    resumed = _script("--out", str(out), "--resume", *common, timeout=3000)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+    a = ocp.StandardCheckpointer().restore(tmp_path / "a" / "checkpoints" / "20" / "state")
+    b = ocp.StandardCheckpointer().restore(out / "checkpoints" / "20" / "state")
+    _assert_trees_equal(a["params"], b["params"])
+    import json
+    ra, rb = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "a", out))
+    assert ra["success_rate"] == rb["success_rate"] and ra["mean_return"] == rb["mean_return"]
+    assert rb["resumed"] is True and ra["env_steps"] == rb["env_steps"] == 20 * 64 * 25
