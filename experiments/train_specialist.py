@@ -130,6 +130,7 @@ def main(argv=None) -> None:
 
     print(f"task {args.task} | preset {args.preset} | seed {args.seed} | {config.num_envs} envs x "
           f"{config.num_steps} steps x {config.num_updates} updates = {config.total_env_steps:,} env steps", flush=True)
+    rate = None  # training success rate of the last chunk
     with ScalarLogger(out) as logger:
         while int(state.update) < config.num_updates:
             t0 = time.time()

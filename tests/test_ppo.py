@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 from refinery_jax.envs.assembly_env import EnvConfig
+from refinery_jax.imitation import ImitationConfig
 from refinery_jax.ppo import (
+    CurriculumConfig,
     PPOConfig,
     action_distribution,
+    curriculum_step,
     default_hyperparams,
     init_stats,
     make_chunk,
@@ -107,6 +110,18 @@ def test_gaussian_log_prob_and_entropy():
     assert float(dist.entropy()) == pytest.approx(np.log(2.0) + np.log(2 * np.pi * np.e), rel=1e-6)
 
 
+def test_curriculum_rule():
+    c = CurriculumConfig(initial=-0.004, minimum=-0.008, maximum=0.0, step=0.001)
+    assert float(curriculum_step(-0.004, 10, 0.9, c)) == pytest.approx(-0.003)   # > 0.8: raise
+    assert float(curriculum_step(-0.004, 10, 0.3, c)) == pytest.approx(-0.005)   # < 0.5: lower
+    assert float(curriculum_step(-0.004, 10, 0.6, c)) == pytest.approx(-0.004)   # in between: keep
+    assert float(curriculum_step(-0.004, 0, 0.0, c)) == pytest.approx(-0.004)    # no episode ended: keep
+    assert float(curriculum_step(-0.0005, 10, 1.0, c)) == pytest.approx(0.0)     # clipped at the maximum
+    assert float(curriculum_step(-0.008, 10, 0.0, c)) == pytest.approx(-0.008)   # and at the minimum
+    with pytest.raises(ValueError):
+        CurriculumConfig(initial=0.01, maximum=0.0)
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="divisible"):
         PPOConfig(num_envs=3, num_steps=5, num_minibatches=4)
@@ -115,7 +130,6 @@ def test_config_validation():
     with pytest.raises(ValueError, match="no reward term"):
         default_hyperparams(PPOConfig(), reward_weights={"imitation": 1.0})  # imitation is off
     with pytest.raises(ValueError, match="demo_paths"):
-        from refinery_jax.imitation import ImitationConfig
         make_trainer(dataclasses.replace(SMOKE, imitation=ImitationConfig()))
 
 
@@ -172,16 +186,25 @@ def test_same_seed_gives_identical_metrics(smoke, learned):
 
 
 def test_train_is_vmappable_over_seeds_and_traced_hyperparams():
-    """Tracing only (no compile): seeds and an ablation over traced values are a vmap."""
-    cfg = dataclasses.replace(SMOKE, num_updates=2)
-    train = make_train(cfg)
+    """Tracing only (no compile): seeds and an ablation over traced values (reward weights
+    included, with the imitation term and the curriculum on) are a vmap; no key is reused.
+
+    The key-reuse check runs on one seed: under vmap, the auto-reset's `lax.cond` (in
+    envs/samplers.py) becomes a select, which the checker reports as a reuse."""
+    cfg = dataclasses.replace(SMOKE, num_updates=2, imitation=ImitationConfig(max_segment=8),
+                              curriculum=CurriculumConfig())
+    paths = np.cumsum(np.random.default_rng(0).normal(0.0, 0.002, size=(3, 20, 3)), axis=1)[:, ::-1]
+    train = make_train(cfg, demo_paths=paths)
     keys = jax.random.split(jax.random.key(0), 3)
     hp = jax.tree.map(lambda x: jnp.stack([x, x, x]), default_hyperparams(cfg))
     hp = hp.replace(learning_rate=jnp.array([1e-4, 3e-4, 1e-3]),
-                    reward_weights={**hp.reward_weights, "success": jnp.array([0.0, 1.0, 10.0])})
+                    reward_weights={**hp.reward_weights, "imitation": jnp.array([0.0, 0.1, 1.0])})
+    with jax.debug_key_reuse(True):
+        jax.eval_shape(train, keys[0], jax.tree.map(lambda x: x[0], hp))
     state, metrics = jax.eval_shape(jax.vmap(train), keys, hp)
-    assert metrics.success_rate.shape == (3, 2)
+    assert metrics.success_rate.shape == (3, 2) and metrics.imitation.shape == (3, 2)
     assert state.params["params"]["log_std"].shape == (3, 6)
+    assert state.window.shape == (3, cfg.num_envs, cfg.imitation.history, 3)
 
 
 @pytest.mark.slow

@@ -9,11 +9,14 @@ from refinery_jax.ppo.config import (
 )
 from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution, policy_action
 from refinery_jax.ppo.normalization import RunningStats, init_stats, normalize, update_stats
+from refinery_jax.ppo.presets import PRESETS, Preset, preset
 from refinery_jax.ppo.train import (
     Trainer,
     TrainState,
     Transition,
     UpdateMetrics,
+    curriculum_step,
+    learning_rate_schedule,
     make_chunk,
     make_optimizer,
     make_train,
@@ -22,6 +25,8 @@ from refinery_jax.ppo.train import (
 
 __all__ = [
     "IMITATION_TERM",
+    "PRESETS",
+    "Preset",
     "ActorCritic",
     "CurriculumConfig",
     "PPOConfig",
@@ -33,6 +38,8 @@ __all__ = [
     "Transition",
     "UpdateMetrics",
     "action_distribution",
+    "curriculum_step",
+    "learning_rate_schedule",
     "default_hyperparams",
     "init_stats",
     "make_chunk",
@@ -41,5 +48,6 @@ __all__ = [
     "make_trainer",
     "normalize",
     "policy_action",
+    "preset",
     "update_stats",
 ]

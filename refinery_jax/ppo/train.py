@@ -32,7 +32,7 @@ from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, combine_reward
 from refinery_jax.envs.samplers import Sampler, env_uniform, step_with_reset
 from refinery_jax.imitation.reward import fresh_window, imitation_reward, push_window
 from refinery_jax.ppo import losses
-from refinery_jax.ppo.config import IMITATION_TERM, PPOConfig, PPOHyperparams, default_hyperparams
+from refinery_jax.ppo.config import IMITATION_TERM, CurriculumConfig, PPOConfig, PPOHyperparams, default_hyperparams
 from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution
 from refinery_jax.ppo.normalization import RunningStats, init_stats, normalize, update_stats
 
@@ -92,11 +92,27 @@ class Trainer(NamedTuple):
     policy: Callable[[TrainState], Policy]
 
 
-def make_optimizer(config: PPOConfig, hp: PPOHyperparams) -> optax.GradientTransformation:
-    """Adam with global-norm clipping; linear learning-rate decay when `anneal_lr`."""
+def learning_rate_schedule(config: PPOConfig, hp: PPOHyperparams) -> optax.Schedule:
+    """Optimiser step -> learning rate: linear decay to 0 over the run when `anneal_lr`."""
     steps = config.num_updates * config.update_epochs * config.num_minibatches
-    lr = optax.linear_schedule(hp.learning_rate, 0.0, steps) if config.anneal_lr else hp.learning_rate
-    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm), optax.adam(lr, eps=1e-5))
+    if config.anneal_lr:
+        return optax.linear_schedule(hp.learning_rate, 0.0, steps)
+    return optax.constant_schedule(hp.learning_rate)
+
+
+def make_optimizer(config: PPOConfig, hp: PPOHyperparams) -> optax.GradientTransformation:
+    """Adam with global-norm clipping (both may be traced through `hp`)."""
+    return optax.chain(optax.clip_by_global_norm(hp.max_grad_norm),
+                       optax.adam(learning_rate_schedule(config, hp), eps=1e-5))
+
+
+def curriculum_step(offset, episodes, success_rate, c: CurriculumConfig):
+    """AutoMate's rule: raise the start height after a good rollout, lower it after a bad one.
+
+    offset, episodes (ended in the rollout), success_rate: [] -> new offset [].
+    """
+    change = jnp.where(success_rate > c.raise_above, c.step, jnp.where(success_rate < c.lower_below, -c.step, 0.0))
+    return jnp.clip(offset + jnp.where(episodes > 0, change, 0.0), c.minimum, c.maximum)
 
 
 def _goal_relative_fingertip(env: AssemblyEnv, states: EnvState) -> jax.Array:
@@ -235,12 +251,9 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         rate = successes / jnp.maximum(episodes, 1)
         offset = state.height_offset
         if config.curriculum is not None:
-            c = config.curriculum
-            change = jnp.where(rate > c.raise_above, c.step, jnp.where(rate < c.lower_below, -c.step, 0.0))
-            offset = jnp.clip(offset + jnp.where(episodes > 0, change, 0.0), c.minimum, c.maximum)
-        count = opt_state[1][0].count  # adam's step counter
-        lr = (optax.linear_schedule(hp.learning_rate, 0.0, config.num_updates * config.update_epochs
-                                    * config.num_minibatches)(count) if config.anneal_lr else hp.learning_rate)
+            offset = curriculum_step(offset, episodes, rate, config.curriculum)
+        # the learning rate the next optimiser step will use
+        lr = learning_rate_schedule(config, hp)((state.update + 1) * config.update_epochs * config.num_minibatches)
         nan = jnp.asarray(jnp.nan)
         metrics = UpdateMetrics(
             env_steps=(state.update + 1) * config.batch_size, reward=jnp.mean(info["reward"]),
