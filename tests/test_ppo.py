@@ -38,7 +38,7 @@ SMOKE = PPOConfig(env=EnvConfig(task="square_peg_loose", episode_seconds=1.0, in
                   num_envs=32, num_steps=15, num_updates=40, update_epochs=4, num_minibatches=4,
                   actor_hidden=(32, 32), critic_hidden=(32, 32))
 SMOKE_HP = dict(learning_rate=3e-3, gamma=0.95, init_log_std=-1.2)
-CHUNK = 10
+CHUNK = 5
 EVAL_N, EVAL_BATCH = 4, 2  # tests/test_evaluate.py evaluates the same shapes
 
 
@@ -178,9 +178,9 @@ def test_tiny_task_learns(smoke, learned):
 
 def test_same_seed_gives_identical_metrics(smoke, learned):
     _, m = learned
-    _, again = _run(smoke, jax.random.key(0), SMOKE.num_updates // CHUNK)
+    _, again = _run(smoke, jax.random.key(0), 1)  # the first chunk again, in a new call
     for a, b in zip(jax.tree.leaves(m), jax.tree.leaves(again)):
-        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a[:CHUNK], b)
     _, other = _run(smoke, jax.random.key(1), 1)
     assert not np.array_equal(other.reward, m.reward[:CHUNK])
 
@@ -215,3 +215,18 @@ def test_vmapped_seeds_train_in_one_compile():
     state, metrics = train(keys)
     np.testing.assert_array_equal(metrics.reward[0], metrics.reward[1])
     assert not np.array_equal(metrics.reward[0], metrics.reward[2])
+
+
+@pytest.mark.slow
+def test_imitation_reward_from_generated_demos_trains():
+    from refinery_jax.envs.demos import DemoConfig, make_generator
+
+    cfg = dataclasses.replace(SMOKE, num_updates=2, num_envs=4, num_minibatches=1,
+                              imitation=ImitationConfig(num_demos=4), curriculum=CurriculumConfig())
+    trainer = make_trainer(cfg)  # only for its env
+    demos = jax.jit(make_generator(trainer.env, DemoConfig(num_attempts=cfg.imitation.num_demos)))(jax.random.key(1))
+    paths = demos.assembly_paths()
+    assert len(paths) > 0 and np.allclose(paths[:, -1], 0.0, atol=2e-3)  # assembly paths end at the goal
+    state, metrics = jax.jit(make_train(cfg, demo_paths=paths))(jax.random.key(0))
+    assert np.all(np.isfinite(metrics.imitation)) and np.all(metrics.imitation > 0.0)
+    assert np.all(np.isfinite(metrics.policy_loss))
