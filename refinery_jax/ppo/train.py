@@ -234,7 +234,7 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             mb, adv, ret = jax.tree.map(lambda x: x[idx], flat)
             grads, stats = jax.grad(loss_fn, has_aux=True)(params, state.obs_stats, state.critic_stats, hp, mb, adv, ret)
             updates, opt_state = optimizer.update(grads, opt_state, params)
-            stats["grad_norm"] = optax.global_norm(grads)
+            stats["grad_norm"] = optax.tree.norm(grads)
             return (optax.apply_updates(params, updates), opt_state), stats
 
         def epoch(carry, key):
