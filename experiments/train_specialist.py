@@ -41,9 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--updates", type=int, default=None, help="override the preset's number of PPO updates "
                         "(a multiple of the chunk size)")
     parser.add_argument("--eval-episodes", type=int, default=1000, help="fresh uniform inits evaluated at the end")
-    parser.add_argument("--map-grid", type=int, default=7, help="success-map cells per axis (x and y)")
+    parser.add_argument("--map-grid", type=int, default=5, help="success-map cells per axis (x and y)")
     parser.add_argument("--map-z", type=int, default=2, help="success-map z slices")
-    parser.add_argument("--map-trials", type=int, default=4, help="episodes per success-map cell")
+    parser.add_argument("--map-trials", type=int, default=8, help="episodes per success-map cell")
     args = parser.parse_args(argv)
     if args.task not in task_names():
         parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
@@ -170,6 +170,7 @@ def main(argv=None) -> None:
         "train_wall_s": train_wall,
         "eval_wall_s": eval_wall,
         "spatial_std": map_stats["spatial_std"],
+        "spatial_std_denoised": map_stats["spatial_std_denoised"],
         "success_map": {**map_stats, **map_paths},
         "final_train_success_rate": rate,
         "config": json.loads(json.dumps(dataclasses.asdict(config), default=str)),
@@ -183,7 +184,8 @@ def main(argv=None) -> None:
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"success {results['success_rate']:.3f} on {args.eval_episodes} fresh inits | spatial std "
-          f"{results['spatial_std']:.3f} | {results['env_steps']:,} env steps | {results['wall_s']:.0f} s "
+          f"{results['spatial_std']:.3f} (denoised {results['spatial_std_denoised']:.3f}) | "
+          f"{results['env_steps']:,} env steps | {results['wall_s']:.0f} s "
           f"-> {out / 'results.json'}", flush=True)
 
 

@@ -98,6 +98,9 @@ def test_success_map_rates_and_summary():
     assert stats["spatial_std"] == pytest.approx(float(np.std(smap.rate)))
     assert stats["cells"] == 24 and stats["trials_per_cell"] == 8
     assert 0.0 < stats["sampling_std"] < 0.2  # the coin-flip slice carries binomial noise
+    noise_var = np.mean(smap.rate * (1 - smap.rate) / 7)
+    assert stats["spatial_std_denoised"] == pytest.approx(np.sqrt(max(0.0, np.var(smap.rate) - noise_var)))
+    assert stats["spatial_std_denoised"] < stats["spatial_std"]
 
 
 def test_save_success_map_writes_png_npz_json(tmp_path):

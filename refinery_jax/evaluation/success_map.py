@@ -2,8 +2,9 @@
 
 Each cell is evaluated `trials` times (fresh nuisance draws: socket pose, yaw error,
 observation noise), so a cell's rate carries binomial noise of about
-sqrt(p(1-p)/trials); `summarize` reports that next to the spatial standard deviation
-across cells, so a map's structure can be told from its noise.
+sqrt(p(1-p)/trials). `summarize` reports the raw spatial standard deviation across
+cells, that sampling noise, and a denoised spatial std: the cells' variance minus the
+unbiased estimate of the binomial variance, mean(r(1-r)/(trials-1)), floored at 0.
 """
 
 from __future__ import annotations
@@ -52,11 +53,13 @@ def success_map(evaluate: Callable, policy, key: jax.Array, low, high, nx: int =
 
 
 def summarize(smap: SuccessMap) -> dict:
-    """Mean, spatial std across cells (all slices), per-slice stds, range and sampling noise."""
+    """Mean, spatial std across cells (all slices; raw and denoised), per-slice stds, range, sampling noise."""
     rate = smap.rate
+    noise_var = float(np.mean(rate * (1 - rate) / (smap.trials - 1))) if smap.trials > 1 else float("nan")
     return {
         "mean": float(rate.mean()),
         "spatial_std": float(rate.std()),
+        "spatial_std_denoised": float(np.sqrt(max(0.0, rate.var() - noise_var))),
         "spatial_std_per_z": [float(s.std()) for s in rate],
         "min_cell": float(rate.min()),
         "max_cell": float(rate.max()),
