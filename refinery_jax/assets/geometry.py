@@ -38,11 +38,16 @@ class Capsule:
 
 @dataclasses.dataclass(frozen=True)
 class ConvexMesh:
-    """A convex polytope given by its vertices (MJCF computes the hull)."""
+    """A convex polytope given by its vertices (MJCF computes the hull).
+
+    Geoms that share a `name` share one mesh asset (and one MJX collision function), so
+    repeated features such as gear teeth are one mesh placed at several `pos`/`quat`.
+    """
 
     name: str
     vertices: tuple[Vec3, ...]
     pos: Vec3 = (0.0, 0.0, 0.0)
+    quat: tuple[float, float, float, float] = IDENTITY_QUAT
 
     def __post_init__(self):
         if not 4 <= len(self.vertices) <= 64:
@@ -50,6 +55,15 @@ class ConvexMesh:
 
 
 Shape = Box | Capsule | ConvexMesh
+
+
+def rotate(quat, points: np.ndarray) -> np.ndarray:
+    """Rotate points [..., 3] by a unit quaternion (w, x, y, z)."""
+    w, x, y, z = quat
+    r = np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
+                  [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
+                  [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    return np.asarray(points, dtype=float) @ r.T
 
 
 def yaw_quat(angle: float) -> tuple[float, float, float, float]:
@@ -68,6 +82,8 @@ def geom_xml(shape: Shape, name: str, attrs: str) -> str:
         body = f'type="capsule" size="{shape.radius:.7g} {shape.half_length:.7g}" quat="{_fmt(shape.quat)}"'
     elif isinstance(shape, ConvexMesh):
         body = f'type="mesh" mesh="{shape.name}"'
+        if shape.quat != IDENTITY_QUAT:
+            body += f' quat="{_fmt(shape.quat)}"'
     else:  # pragma: no cover - the Shape union is closed
         raise TypeError(f"unknown shape {shape!r}")
     return f'<geom name="{name}" {body} pos="{_fmt(shape.pos)}" {attrs}/>'
@@ -86,7 +102,7 @@ def shape_bounds(shape: Shape) -> tuple[np.ndarray, np.ndarray]:
     """
     pos = np.asarray(shape.pos, dtype=float)
     if isinstance(shape, ConvexMesh):
-        v = np.asarray(shape.vertices, dtype=float) + pos
+        v = rotate(shape.quat, np.asarray(shape.vertices, dtype=float)) + pos
         return v.min(0), v.max(0)
     if isinstance(shape, Box):
         if shape.quat == IDENTITY_QUAT:

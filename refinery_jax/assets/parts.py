@@ -18,14 +18,40 @@ import math
 
 import numpy as np
 
-from refinery_jax.assets.geometry import Box, Capsule, Shape, frustum, shape_bounds, yaw_quat
+from refinery_jax.assets.geometry import Box, Capsule, Shape, Vec3, frustum, shape_bounds, yaw_quat
 
 Rect = tuple[float, float, float, float]  # x0, x1, y0, y1 in the socket frame
+
+ALUMINIUM_DENSITY = 2700.0  # kg/m^3
+STEEL_DENSITY = 7850.0
+
+
+@dataclasses.dataclass(frozen=True)
+class FreePart:
+    """A loose part resting in the socket: a free body placed at its assembled pose at reset.
+
+    Multi-part stages use these for the parts assembled in earlier stages, so the stage's
+    insertion can push them out of place (see `multipart.MultiPartAssembly.stage`).
+    """
+
+    name: str
+    shapes: tuple[Shape, ...]  # in the part frame (origin at the part's lowest point)
+    pos: Vec3                  # part-frame origin in the socket frame when assembled (yaw 0)
+    density: float = ALUMINIUM_DENSITY
+
+    def bounds(self) -> tuple[np.ndarray, np.ndarray]:
+        """Axis-aligned bounds (lower, upper) of the part in its own frame."""
+        lo, hi = zip(*(shape_bounds(s) for s in self.shapes))
+        return np.min(lo, axis=0), np.max(hi, axis=0)
 
 
 @dataclasses.dataclass(frozen=True)
 class TwoPartAssembly:
-    """A plug and its socket, in the frames described in the module docstring."""
+    """A plug and its socket, in the frames described in the module docstring.
+
+    `free_parts` (empty for the 2-part tasks) are loose parts already in the socket: the
+    scene adds each as a free body, and the environment places it at its assembled pose.
+    """
 
     name: str
     plug: tuple[Shape, ...]
@@ -34,6 +60,10 @@ class TwoPartAssembly:
     plug_length: float     # tip to grasp point (m); the fingertip holds the plug's top
     clearance: float       # per side (m)
     plug_density: float = 1200.0  # kg/m^3, a stiff plastic
+    free_parts: tuple[FreePart, ...] = ()
+    # list the colliding geom pairs explicitly, pruned to those that can touch (scene.contact_pairs);
+    # always so with free parts, and multi-part stages ask for it in their first stage too
+    explicit_pairs: bool = False
 
     def __post_init__(self):
         if self.depth <= 0 or self.plug_length <= 0:
@@ -47,6 +77,7 @@ class TwoPartAssembly:
     def extent(self) -> np.ndarray:
         """Size (x, y, z) of the box that holds the assembled pair."""
         shapes = list(self.socket) + [translate(s, (0.0, 0.0, -self.depth)) for s in self.plug]
+        shapes += [translate(s, part.pos) for part in self.free_parts for s in part.shapes]
         lo, hi = zip(*(shape_bounds(s) for s in shapes))
         return np.max(hi, axis=0) - np.min(lo, axis=0)
 
@@ -55,17 +86,21 @@ class TwoPartAssembly:
 # Sockets
 
 
-def rectilinear_socket(holes: list[Rect], depth: float, wall: float = 0.01, floor: float | None = 0.005) -> tuple[Box, ...]:
+def rectilinear_socket(holes: list[Rect], depth: float, wall: float = 0.01, floor: float | None = 0.005,
+                       outer: Rect | None = None) -> tuple[Box, ...]:
     """A block with axis-aligned rectangular holes, as few boxes as a grid merge gives.
 
-    The block's footprint is the holes' bounding box grown by `wall`. Breakpoints of all
-    rectangles define a grid; solid cells are merged along x into runs, and equal runs in
-    consecutive rows are merged along y. `floor=None` leaves the holes open below (a plate).
+    The block's footprint is `outer`, by default the holes' bounding box grown by `wall`.
+    Breakpoints of all rectangles define a grid; solid cells are merged along x into runs,
+    and equal runs in consecutive rows are merged along y. `floor=None` leaves the holes
+    open below (a plate).
     """
-    x0 = min(h[0] for h in holes) - wall
-    x1 = max(h[1] for h in holes) + wall
-    y0 = min(h[2] for h in holes) - wall
-    y1 = max(h[3] for h in holes) + wall
+    if outer is None:
+        outer = (min(h[0] for h in holes) - wall, max(h[1] for h in holes) + wall,
+                 min(h[2] for h in holes) - wall, max(h[3] for h in holes) + wall)
+    x0, x1, y0, y1 = outer
+    if not all(x0 < h[0] < h[1] < x1 and y0 < h[2] < h[3] < y1 for h in holes):
+        raise ValueError(f"holes {holes} must lie strictly inside the footprint {outer}")
     xs = sorted({x0, x1, *(v for h in holes for v in h[:2])})
     ys = sorted({y0, y1, *(v for h in holes for v in h[2:])})
 

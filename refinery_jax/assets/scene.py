@@ -9,6 +9,32 @@ real robot's controller and Isaac Lab (gravity disabled on robot and held part) 
 Contact filtering: plug geoms have contype 2 / conaffinity 1 and socket geoms
 contype 1 / conaffinity 2, so plug-socket is the only colliding pair and the arm's
 links never enter the collision pipeline.
+
+Scenes with loose parts (`TwoPartAssembly.free_parts`, the earlier parts of a
+multi-part stage) add each as a free body after the robot, so the robot's dofs stay
+first. MJX checks every candidate geom pair at every step whether or not it is near, and
+a stage can hold dozens of boxes, so these scenes (and every multi-part stage, via
+`TwoPartAssembly.explicit_pairs`) list their colliding pairs explicitly
+(`contact_pairs`) instead of using contype/conaffinity:
+- a loose part collides with the socket's and the other loose parts' geoms that lie
+  within `PAIR_MARGIN` of it when assembled (a part moved further than that is already
+  badly disturbed; past it, the physics of that part is no longer faithful);
+- the plug collides with every geom it can reach on its way in: while its tip is above
+  the socket's top face, anywhere within `APPROACH_XY` of the goal in x and y; below it,
+  only within `PAIR_MARGIN` of the goal axis (it is in the hole, or resting on what it
+  fits over). Geoms outside both regions (a base buried under parts stacked on it, the
+  far side of a plate's underside) are skipped; a plug driven down beside the assembly,
+  more than `APPROACH_XY` off its goal, could pass through them, a region no path to
+  the goal crosses.
+The pairs carry the geoms' default friction, solref and solimp, except that a loose
+part's supports (its pairs with the socket and other loose parts) use the softer
+`LOOSE_PART_SOLIMP`: MJX's box-box collision drops contacts that penetrate less than
+1 um, and a light part resting on many contact points (a plate on 40) settles with less
+penetration than that under the default impedance, so its contacts flicker off and it
+hops 0.17 mm (one timestep of free fall) every few steps. The softer impedance at small
+penetration makes it settle 5-60 um deep instead, where it stays still (measured in
+tests/test_multipart.py). For the same reason the environment starts loose parts a few
+micrometres sunk into their supports (`assembly_env.LOOSE_PART_SINK`).
 """
 
 from __future__ import annotations
@@ -17,7 +43,7 @@ import dataclasses
 
 import numpy as np
 
-from refinery_jax.assets.geometry import ConvexMesh, geom_xml, mesh_asset_xml
+from refinery_jax.assets.geometry import ConvexMesh, geom_xml, mesh_asset_xml, shape_bounds
 from refinery_jax.assets.parts import TwoPartAssembly, translate
 
 # Where the socket sits when not randomised (world frame, m): in front of the arm base.
@@ -28,6 +54,12 @@ PLUG_CONTACT = 'contype="2" conaffinity="1" condim="3"'
 SOCKET_CONTACT = 'contype="1" conaffinity="2" condim="3"'
 SOCKET_RGBA = 'rgba="0.55 0.6 0.7 1"'
 PLUG_RGBA = 'rgba="0.9 0.55 0.2 1"'
+FREE_RGBA = 'rgba="0.4 0.65 0.45 1"'
+NO_CONTACT = 'contype="0" conaffinity="0" condim="3"'  # explicit-pair scenes: pairs only
+
+LOOSE_PART_SOLIMP = (0.7, 0.95, 0.0002, 0.5, 2.0)  # d0, dmax, width (m), midpoint, power
+PAIR_MARGIN = 0.002  # m: loose parts collide with geoms within this gap of their assembled pose
+APPROACH_XY = 0.012  # m: the plug collides with what it can reach within this xy offset of its goal
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,23 +137,104 @@ def embodiment_spec(name: str) -> EmbodimentSpec:
 
 def plug_geoms_xml(assembly: TwoPartAssembly) -> str:
     """The plug's geoms in the fingertip frame: the fingertip holds the plug's top."""
+    contact = NO_CONTACT if _explicit(assembly) else PLUG_CONTACT
     return "".join(
         geom_xml(translate(s, (0.0, 0.0, -assembly.plug_length)), f"plug_{i}",
-                 f'{PLUG_CONTACT} density="{assembly.plug_density}" {PLUG_RGBA}')
+                 f'{contact} density="{assembly.plug_density}" {PLUG_RGBA}')
         for i, s in enumerate(assembly.plug))
 
 
 def socket_geoms_xml(assembly: TwoPartAssembly, prefix: str = "socket") -> str:
-    return "".join(geom_xml(s, f"{prefix}_{i}", f"{SOCKET_CONTACT} {SOCKET_RGBA}")
+    contact = NO_CONTACT if _explicit(assembly) else SOCKET_CONTACT
+    return "".join(geom_xml(s, f"{prefix}_{i}", f"{contact} {SOCKET_RGBA}")
                    for i, s in enumerate(assembly.socket))
 
 
+def _explicit(assembly: TwoPartAssembly) -> bool:
+    """Does the scene list its contact pairs (free parts, or asked for) rather than filter by contype?"""
+    return bool(assembly.free_parts) or assembly.explicit_pairs
+
+
+def free_part_body_name(index: int) -> str:
+    return f"prior{index}"
+
+
+def free_parts_xml(assembly: TwoPartAssembly) -> str:
+    """One free body per loose part, at its assembled pose for the nominal socket pose.
+
+    Mass and inertia follow from the part's volume and density (MuJoCo sums its geoms;
+    the small overlaps of ring boxes at their corners count twice).
+    """
+    bodies = []
+    for j, part in enumerate(assembly.free_parts):
+        pos = np.add(SOCKET_NOMINAL_POS, part.pos)
+        geoms = "".join(geom_xml(s, f"{free_part_body_name(j)}_{k}", f'{NO_CONTACT} density="{part.density}" {FREE_RGBA}')
+                        for k, s in enumerate(part.shapes))
+        name = free_part_body_name(j)
+        bodies.append(f'<body name="{name}" pos="{pos[0]:.7g} {pos[1]:.7g} {pos[2]:.7g}">'
+                      f'<freejoint name="{name}_free"/>{geoms}</body>')
+    return "".join(bodies)
+
+
+def _bounds(shapes, offset) -> list[tuple[np.ndarray, np.ndarray]]:
+    return [shape_bounds(translate(s, offset)) for s in shapes]
+
+
+def _overlap(a, b) -> bool:
+    return bool(np.all(a[0] <= b[1]) and np.all(b[0] <= a[1]))
+
+
+def contact_pairs(assembly: TwoPartAssembly, margin: float = PAIR_MARGIN,
+                  approach_xy: float = APPROACH_XY) -> list[tuple[str, str]]:
+    """The geom pairs a scene with loose parts collides (module docstring), by geom name.
+
+    Bounds are axis-aligned in the socket frame with the plug at its goal and every loose
+    part at its assembled pose; yawed boxes count with their circumscribed sphere.
+    """
+    plug = _bounds(assembly.plug, assembly.goal_in_socket)
+    others = [(f"socket_{i}", b) for i, b in enumerate(_bounds(assembly.socket, (0.0, 0.0, 0.0)))]
+    owner = [-1] * len(others)
+    for j, part in enumerate(assembly.free_parts):
+        for k, b in enumerate(_bounds(part.shapes, part.pos)):
+            others.append((f"{free_part_body_name(j)}_{k}", b))
+            owner.append(j)
+    pairs = []
+    approach = np.array([approach_xy, approach_xy, margin])
+    lift = np.array([0.0, 0.0, assembly.depth])
+    for i, (lo, hi) in enumerate(plug):
+        # above the socket top: tip offset (dx, dy, dz), |dx|, |dy| <= approach_xy, dz >= depth
+        above = (lo + lift - approach, np.array([hi[0] + approach_xy, hi[1] + approach_xy, np.inf]))
+        # engaged: within the margin of the goal axis, from the goal up to the socket top
+        engaged = (lo - margin, hi + lift + margin)
+        pairs += [(f"plug_{i}", name) for name, b in others if _overlap(above, b) or _overlap(engaged, b)]
+    for a, (name_a, b_a) in enumerate(others):
+        if owner[a] < 0:
+            continue
+        grown = (b_a[0] - margin, b_a[1] + margin)
+        # each loose geom against the socket and the loose parts listed before it
+        pairs += [(name_a, name_b) for b, (name_b, b_b) in enumerate(others[:a])
+                  if owner[b] != owner[a] and _overlap(grown, b_b)]
+    return pairs
+
+
+def contact_pairs_xml(assembly: TwoPartAssembly) -> str:
+    soft = " ".join(f"{v:.7g}" for v in LOOSE_PART_SOLIMP)
+    return "".join(f'<pair geom1="{a}" geom2="{b}"/>' if a.startswith("plug_")
+                   else f'<pair geom1="{a}" geom2="{b}" solimp="{soft}"/>' for a, b in contact_pairs(assembly))
+
+
 def mesh_assets_xml(shapes) -> str:
-    return "".join(mesh_asset_xml(s) for s in shapes if isinstance(s, ConvexMesh))
+    """One asset per mesh name (geoms may share a mesh); a name reused with other vertices is an error."""
+    meshes = {}
+    for s in shapes:
+        if isinstance(s, ConvexMesh):
+            if meshes.setdefault(s.name, s.vertices) != s.vertices:
+                raise ValueError(f"mesh name {s.name!r} is used for two different meshes")
+    return "".join(mesh_asset_xml(ConvexMesh(name, vertices)) for name, vertices in meshes.items())
 
 
 def scene_xml(assembly: TwoPartAssembly, embodiment: str, physics: PhysicsConfig) -> str:
-    """The full MJCF text of a 2-part insertion scene."""
+    """The full MJCF text of a 2-part insertion scene (with loose parts, if the assembly has any)."""
     embodiment_spec(embodiment)  # validates the name
     plug = plug_geoms_xml(assembly)
     if embodiment == "floating_hand":
@@ -132,6 +245,17 @@ def scene_xml(assembly: TwoPartAssembly, embodiment: str, physics: PhysicsConfig
         robot, actuators = franka.panda_arm_xml(plug), franka.panda_actuator_xml()
     sx, sy, sz = SOCKET_NOMINAL_POS
     p = physics
+    solimp = "0.95 0.99 0.0005 0.5 2"
+    # 2-part tasks: contype/conaffinity filtering, nothing else (their MJCF is unchanged by loose parts)
+    pair_default = free_bodies = contact = ""
+    assets = mesh_assets_xml(assembly.plug) + mesh_assets_xml(assembly.socket)
+    if _explicit(assembly):
+        pair_default = (f'\n    <pair condim="3" friction="{p.friction} {p.friction} 0.005 0.0001 0.0001" '
+                        f'solref="{p.contact_timeconst} {p.contact_dampratio}" solimp="{solimp}"/>')
+        free_bodies = f"\n    {free_parts_xml(assembly)}"
+        contact = f"\n  <contact>{contact_pairs_xml(assembly)}</contact>"
+        assets = mesh_assets_xml(list(assembly.plug) + list(assembly.socket)
+                                 + [s for part in assembly.free_parts for s in part.shapes])
     return f"""
 <mujoco model="{assembly.name}_{embodiment}">
   <compiler angle="radian" autolimits="true"/>
@@ -141,15 +265,15 @@ def scene_xml(assembly: TwoPartAssembly, embodiment: str, physics: PhysicsConfig
   </option>
   <default>
     <geom friction="{p.friction} 0.005 0.0001" solref="{p.contact_timeconst} {p.contact_dampratio}"
-          solimp="0.95 0.99 0.0005 0.5 2"/>
+          solimp="{solimp}"/>{pair_default}
   </default>
-  <asset>{mesh_assets_xml(assembly.plug)}{mesh_assets_xml(assembly.socket)}</asset>
+  <asset>{assets}</asset>
   <worldbody>
     <light pos="0.5 0 1.5" dir="0 0 -1"/>
     <geom name="table" type="plane" size="1 1 0.01" pos="0 0 0" contype="0" conaffinity="0" rgba="0.8 0.8 0.8 1"/>
     <body name="socket" mocap="true" pos="{sx} {sy} {sz}">{socket_geoms_xml(assembly)}</body>
-    {robot}
-  </worldbody>
+    {robot}{free_bodies}
+  </worldbody>{contact}
   <actuator>{actuators}</actuator>
 </mujoco>"""
 
