@@ -9,6 +9,11 @@ A reset distribution is any function `key -> init`; see `samplers.py`.
 Timing follows AutoMate: 15 Hz policy, 5 s episodes (75 steps). Episodes end only by
 time limit (`truncated`) or by a diverged simulation (`terminated`, state restored);
 success is read at every step and counted at the last one.
+
+Multi-part stages ("ASSEMBLY/i") run in this same class: the parts assembled in earlier
+stages are free bodies, placed at reset at their assembled poses relative to the
+episode's randomised socket pose; `prior_part_displacement` says how far the stage has
+pushed them. Observation, action and success are those of the 2-part tasks.
 """
 
 from __future__ import annotations
@@ -24,10 +29,17 @@ from flax import struct
 from mujoco import mjx
 
 from refinery_jax.assets.registry import DEFAULT_TASK, get_assembly
-from refinery_jax.assets.scene import PhysicsConfig, check_actuation, embodiment_spec, scene_xml
+from refinery_jax.assets.scene import PhysicsConfig, check_actuation, embodiment_spec, free_part_body_name, scene_xml
 from refinery_jax.envs import control
 from refinery_jax.envs.control import ControlConfig
 from refinery_jax.envs.rotations import canonical, quat_mul, rotate, yaw_quat
+
+# Loose part j (0-based, insertion order) starts this much times (j + 1) below its assembled pose,
+# so that every resting contact penetrates from the first step: MJX's box-box collision ignores
+# penetrations under 1 um, and a part placed exactly touching would free-fall for a step.
+# Parts rest only on the base and on parts inserted before them, so each support penetrates
+# at least this much. See scene.LOOSE_PART_SOLIMP.
+LOOSE_PART_SINK = 5e-6  # m
 
 POLICY_OBS_SIZE = 24
 CRITIC_OBS_SIZE = 44
@@ -142,6 +154,15 @@ class AssemblyEnv:
         self.model = mjx.put_model(self.mj_model, impl="jax")
         self.fingertip_body = self.mj_model.body("fingertip").id
         self._socket_mocap = int(self.mj_model.body("socket").mocapid[0])
+        # loose parts (earlier stages of a multi-part assembly): free joints after the robot's dofs
+        free = self.assembly.free_parts
+        self._free_qposadr = np.array([self.mj_model.joint(f"{free_part_body_name(j)}_free").qposadr[0]
+                                       for j in range(len(free))], dtype=np.int32)
+        self._free_pos = jnp.asarray(np.array([p.pos for p in free], dtype=np.float32).reshape(-1, 3))
+        # the corners of each part's bounding box (part frame): displacement is measured on them
+        corners = [np.array([[(hi if (k >> a) & 1 else lo)[a] for a in range(3)] for k in range(8)])
+                   for lo, hi in (p.bounds() for p in free)]
+        self._free_corners = jnp.asarray(np.array(corners, dtype=np.float32).reshape(-1, 8, 3))
         self._n = self.spec.num_dofs
         self._home = jnp.asarray(self.spec.home_qpos)
         self._torque_limits = jnp.asarray(self.spec.torque_limits)
@@ -190,6 +211,8 @@ class AssemblyEnv:
         d = mjx.make_data(self.model)
         d = d.replace(mocap_pos=d.mocap_pos.at[self._socket_mocap].set(socket_pos),
                       mocap_quat=d.mocap_quat.at[self._socket_mocap].set(socket_quat))
+        if len(self._free_qposadr):
+            d = d.replace(qpos=self._place_free_parts(d.qpos, socket_pos, socket_quat))
         q = control.solve_ik(self.model, d, self.fingertip_body, self._n, fingertip, start_quat, self._home)
         d = mjx.forward(self.model, d.replace(qpos=d.qpos.at[: self._n].set(q)))
 
@@ -206,6 +229,41 @@ class AssemblyEnv:
             prev_action=jnp.zeros(ACTION_SIZE),
         )
         return self._observe(d, info, terminated=jnp.zeros((), bool))
+
+    def _assembled_poses(self, socket_pos, socket_quat):
+        """World positions [k, 3] of the loose parts' frames when assembled (their yaw is the socket's)."""
+        return socket_pos + jax.vmap(lambda p: rotate(socket_quat, p))(self._free_pos)
+
+    def _place_free_parts(self, qpos, socket_pos, socket_quat):
+        pos = self._assembled_poses(socket_pos, socket_quat)
+        for j, adr in enumerate(self._free_qposadr):
+            sunk = pos[j] - jnp.array([0.0, 0.0, (j + 1) * LOOSE_PART_SINK])
+            qpos = qpos.at[adr: adr + 3].set(sunk).at[adr + 3: adr + 7].set(socket_quat)
+        return qpos
+
+    def prior_part_displacements(self, d: mjx.Data) -> jax.Array:
+        """How far each loose part is from its assembled pose: [k] metres.
+
+        The largest displacement of the corners of the part's bounding box, so tilting
+        counts as well as sliding. Zero-length for tasks without loose parts.
+        """
+        if not len(self._free_qposadr):
+            return jnp.zeros((0,))
+        socket_pos, socket_quat = d.mocap_pos[self._socket_mocap], d.mocap_quat[self._socket_mocap]
+        goal = self._assembled_poses(socket_pos, socket_quat)
+
+        def one(j, adr):
+            pos, quat = d.qpos[adr: adr + 3], d.qpos[adr + 3: adr + 7]
+            quat = quat / jnp.linalg.norm(quat)
+            now = pos + jax.vmap(lambda c: rotate(quat, c))(self._free_corners[j])
+            then = goal[j] + jax.vmap(lambda c: rotate(socket_quat, c))(self._free_corners[j])
+            return jnp.max(jnp.linalg.norm(now - then, axis=-1))
+
+        return jnp.stack([one(j, int(adr)) for j, adr in enumerate(self._free_qposadr)])
+
+    def prior_part_displacement(self, d: mjx.Data) -> jax.Array:
+        """The largest displacement of any loose part from its assembled pose: [] metres (0 if none)."""
+        return jnp.max(self.prior_part_displacements(d), initial=0.0)
 
     # ------------------------------------------------------------------ step
 

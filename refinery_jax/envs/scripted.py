@@ -60,13 +60,32 @@ def run_scripted_episode(env: AssemblyEnv, key: jax.Array, init: jax.Array, seco
     the policy's 5 s episode. Returns (final state, success [] bool, max penetration
     over the episode [] m). Pure and jittable; vmap over keys and inits for batches.
     """
+    state, worst, _ = _scripted_rollout(env, key, init, seconds)
+    return state, state.success, worst
 
+
+def run_scripted_episode_metrics(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float = 10.0) -> dict:
+    """`run_scripted_episode` plus what it did to the parts already assembled (multi-part stages).
+
+    Returns a dict of [] arrays: success, penetration (max over the episode, m),
+    prior_displacement (the largest displacement of any earlier part from its assembled
+    pose over the episode, m; 0 without earlier parts) and final_prior_displacement (at
+    the end), plus the final state under "state".
+    """
+    state, penetration, displacement = _scripted_rollout(env, key, init, seconds)
+    return {"state": state, "success": state.success, "penetration": penetration,
+            "prior_displacement": displacement, "final_prior_displacement": env.prior_part_displacement(state.data)}
+
+
+def _scripted_rollout(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float):
     def body(carry, _):
-        state, worst = carry
+        state, worst, moved = carry
         state = env.step(state, scripted_action(env, state))
-        return (state, jnp.maximum(worst, max_penetration(state.data))), None
+        return (state, jnp.maximum(worst, max_penetration(state.data)),
+                jnp.maximum(moved, env.prior_part_displacement(state.data))), None
 
     state = env.reset(key, init)
     steps = round(seconds * env.config.control_hz)
-    (state, worst), _ = jax.lax.scan(body, (state, jnp.zeros(())), None, length=steps)
-    return state, state.success, worst
+    zero = jnp.zeros(())
+    (state, worst, moved), _ = jax.lax.scan(body, (state, zero, zero), None, length=steps)
+    return state, worst, moved
