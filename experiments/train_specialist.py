@@ -25,6 +25,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
 from refinery_jax.ppo.presets import PRESETS  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -54,35 +55,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def prepare_out_dir(args) -> bool:
-    """Check what --out holds; returns True when an unfinished run should be resumed."""
-    out = args.out
-    if not out.exists() or not any(out.iterdir()):
-        if args.resume:
-            print(f"--resume: {out} holds no run yet; starting a new one")
-        return False
-    finished = (out / "results.json").exists()
-    unfinished = (out / "checkpoints").exists() and not finished
-    if args.overwrite:
-        aside = out.with_name(f"{out.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")
-        out.rename(aside)
-        print(f"--overwrite: moved the previous contents of {out} to {aside}")
-        return False
-    if finished:
-        sys.exit(f"error: {out} holds a finished run (results.json); pass --overwrite to start over")
-    if unfinished and args.resume:
-        return True
-    if unfinished:
-        sys.exit(f"error: {out} holds an unfinished run; pass --resume to continue it or --overwrite to start over")
-    sys.exit(f"error: {out} is not empty and holds no run of this script; choose another --out or pass --overwrite")
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
-    resume = prepare_out_dir(args)
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("checkpoints",))
     t_start = time.time()
 
     import jax
+
+    from refinery_jax.compile_cache import enable_compile_cache
+
+    enable_compile_cache()  # each program compiles once per machine
     import numpy as np
 
     from refinery_jax.checkpoints import config_fingerprint, latest_step, restore_checkpoint, save_checkpoint

@@ -118,3 +118,40 @@ def restore_checkpoint(directory, template: Any, expected_meta: Optional[dict] =
         leaves.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(t)) if _is_key(t) else value)
     meta = {k: v for k, v in meta.items() if k != _LEAVES}
     return jax.tree.unflatten(treedef, leaves), meta
+
+
+def template_from_shapes(shapes: Any):
+    """A concrete restore template (zeros; typed PRNG keys as zero keys) from `jax.eval_shape` output."""
+
+    def zeros(s):
+        if jax.dtypes.issubdtype(s.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(np.zeros(s.shape + jax.random.key_data(jax.random.key(0)).shape, np.uint32))
+        return np.zeros(s.shape, s.dtype)
+
+    return jax.tree.map(zeros, shapes)
+
+
+def stage_cache(directory, meta: dict, resume: bool, progress=print):
+    """`cache(name, compute, like) -> value` for multi-stage experiments.
+
+    Computes `compute()` and saves it under `directory/name`; with `resume`, a stage
+    saved before is restored instead (`like`: a traceable zero-argument function with
+    the result's structure, evaluated abstractly for the template). `meta` must match.
+    """
+    import time
+
+    directory = pathlib.Path(directory)
+
+    def cache(name, compute, like):
+        path = directory / name
+        if resume and latest_step(path) is not None:
+            value, _ = restore_checkpoint(path, template_from_shapes(jax.eval_shape(like)), expected_meta=meta)
+            progress(f"  restored {name} from {path}")
+            return value
+        t0 = time.time()
+        value = jax.block_until_ready(compute())
+        save_checkpoint(path, 0, value, meta)
+        progress(f"  {name} done in {time.time() - t0:.0f} s")
+        return value
+
+    return cache

@@ -11,6 +11,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState
 
@@ -19,9 +20,11 @@ Sampler = Callable[[jax.Array], jax.Array]
 
 def uniform_box(low, high) -> Sampler:
     """Uniform over the axis-aligned box [low, high] (each [d])."""
+    if not any(isinstance(a, jax.core.Tracer) for a in (low, high)):  # validate concrete bounds
+        lo, hi = np.asarray(low), np.asarray(high)
+        if lo.shape != hi.shape or lo.ndim != 1 or np.any(lo > hi):
+            raise ValueError(f"need 1-D low <= high of equal shape, got {lo} and {hi}")
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
-    if low.shape != high.shape or low.ndim != 1 or bool(jnp.any(low > high)):
-        raise ValueError(f"need 1-D low <= high of equal shape, got {low} and {high}")
 
     def sample(key: jax.Array) -> jax.Array:
         return jax.random.uniform(key, low.shape, minval=low, maxval=high)

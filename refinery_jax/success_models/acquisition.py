@@ -48,6 +48,7 @@ from functools import partial
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from jax.scipy.special import erfcx, log_ndtr, ndtr
 
@@ -397,6 +398,7 @@ def propose(key, gp_state: GPState, box_low, box_high, config: ProposalConfig = 
     if box_low.shape != (d,) or box_high.shape != (d,):
         raise ValueError(f"box_low/box_high must have shape [d] = [{d}], got {box_low.shape}, {box_high.shape}")
     if not isinstance(box_low, jax.core.Tracer) and not isinstance(box_high, jax.core.Tracer):
-        if not bool(jnp.all(box_high > box_low)):
+        # numpy: inside an enclosing jit even a comparison of constants is traced
+        if not np.all(np.asarray(box_high) > np.asarray(box_low)):
             raise ValueError("box_high must be strictly greater than box_low in every dimension")
     return _propose_jit(key, gp_state, box_low, box_high, config, _as_float32(params))
