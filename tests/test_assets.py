@@ -101,13 +101,20 @@ def test_multipart_stages_stack_earlier_parts_into_the_socket():
 
     mp = get_multipart("two_pin_plate")
     assert mp.num_stages == 3
-    stages = [registry.get_assembly(f"two_pin_plate/{i}") for i in range(3)]
     base_boxes = len(mp.base)
-    assert [len(s.socket) for s in stages] == [base_boxes, base_boxes + 1, base_boxes + 2]
+    # merged: earlier parts become fixed socket geometry
+    merged = [mp.stage(i, free_prior_parts=False) for i in range(3)]
+    assert [len(s.socket) for s in merged] == [base_boxes, base_boxes + 1, base_boxes + 2]
     # stage 2's socket frame sits on the pin tops: pins reach z = 0 there, and the plate's goal is the base top
-    pin_tops = max(b.pos[2] + b.half_size[2] for b in stages[2].socket[base_boxes:])
+    pin_tops = max(b.pos[2] + b.half_size[2] for b in merged[2].socket[base_boxes:])
     assert pin_tops == pytest.approx(0.0, abs=1e-9)
-    assert stages[2].goal_in_socket[2] == pytest.approx(-mp.parts[2].depth)
+    assert merged[2].goal_in_socket[2] == pytest.approx(-mp.parts[2].depth)
+    # the default (and the registry's "NAME/i"): earlier parts are loose, at the same poses
+    stages = [registry.get_assembly(f"two_pin_plate/{i}") for i in range(3)]
+    assert [len(s.socket) for s in stages] == [base_boxes] * 3
+    assert [len(s.free_parts) for s in stages] == [0, 1, 2]
+    pin = stages[2].free_parts[1]
+    assert pin.pos[2] + max(b.pos[2] + b.half_size[2] for b in pin.shapes) == pytest.approx(0.0, abs=1e-9)
     with pytest.raises(ValueError, match="stages"):
         mp.stage(3)
     for stage in range(3):
