@@ -1,0 +1,176 @@
+"""Which acquisition should choose where to fine-tune? UCB, PI, EI, log-EI and uniform resets.
+
+    python experiments/acquisition_ablation.py --task square_peg --preset quick --seeds 2 --out runs/ablation
+
+The same specialists (seeds 0..S-1, trained here or taken from a finished
+`experiments/refinery.py` run with --baselines DIR) are fine-tuned with each
+acquisition for the same fixed number of rounds (the convergence rule is off so every
+arm gets the same PPO updates and env steps), plus the uniform-reset control; each
+policy is then evaluated on fresh uniform trials. Writes results.json (per arm: mean,
+std, 95 % CI, per seed), figures/acquisitions.png (like the paper's Fig. 3) and
+stages/ (finished arms; --resume skips them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
+from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir  # noqa: E402
+from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK})")
+    parser.add_argument("--preset", default="quick", choices=("quick", "paper"))
+    parser.add_argument("--seeds", type=int, default=2, help="number of seeds, 0..S-1 (default 2)")
+    parser.add_argument("--out", required=True, type=pathlib.Path)
+    parser.add_argument("--acquisitions", nargs="+", default=list(ACQUISITIONS), choices=ACQUISITIONS)
+    parser.add_argument("--rounds", type=int, default=None, help="fine-tuning rounds per arm (default: the "
+                        "preset's max_rounds)")
+    parser.add_argument("--eval-trials", type=int, default=1000, help="fresh trials per arm and seed")
+    parser.add_argument("--baselines", type=pathlib.Path, default=None,
+                        help="a finished experiments/refinery.py run (same task, preset and seeds) whose specialists "
+                             "to start from")
+    parser.add_argument("--baseline-updates", type=int, default=None, help="override the specialists' PPO updates")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true")
+    group.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    if args.task not in task_names():
+        parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
+    for name in ("seeds", "rounds", "eval_trials", "baseline_updates"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.baselines is not None and not (args.baselines / "baseline").is_dir():
+        parser.error(f"--baselines {args.baselines} holds no specialists (no baseline/ directory)")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    from refinery_jax.ppo.presets import preset
+    from refinery_jax.refinery.presets import comparison_preset
+
+    spec = preset(args.preset, args.task)
+    if args.baseline_updates is not None:
+        if args.baseline_updates % spec.chunk_updates:
+            sys.exit(f"error: --baseline-updates must be a multiple of the chunk size {spec.chunk_updates}")
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, num_updates=args.baseline_updates))
+    base_finetune = comparison_preset(args.preset).finetune
+    rounds = args.rounds or base_finetune.max_rounds
+    # the convergence window is longer than the run: every arm runs exactly `rounds` rounds
+    base_finetune = dataclasses.replace(base_finetune, max_rounds=rounds, window=rounds + 1)
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("stages", "baseline"))
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+
+    def progress(message):
+        print(f"[{time.time() - t_start:7.0f} s] {message}", flush=True)
+
+    import jax
+
+    from refinery_jax.compile_cache import enable_compile_cache
+
+    enable_compile_cache()  # each program compiles once per machine
+    import numpy as np
+
+    from refinery_jax.checkpoints import config_fingerprint, latest_step, restore_checkpoint, stage_cache
+    from refinery_jax.evaluation import make_evaluate
+    from refinery_jax.ppo import default_hyperparams, make_trainer
+    from refinery_jax.refinery import format_table, make_finetune, run_rounds, summarize_seeds
+    from refinery_jax.refinery.plots import plot_table
+    from refinery_jax.refinery.specialists import seed_keys, train_specialists
+    from refinery_jax.success_models import ProposalConfig
+
+    config = spec.config
+    seeds = list(range(args.seeds))
+    run_id = {"fingerprint": config_fingerprint((config, spec, base_finetune, seeds, args.eval_trials)),
+              "task": args.task, "preset": args.preset, "seeds": seeds}
+    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()},
+                                                 "finetune": dataclasses.asdict(base_finetune)}, indent=2, default=str))
+    k_train, k_compare, _ = seed_keys(seeds)
+    trainer = make_trainer(config)
+    env = trainer.env
+    hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
+    if args.baselines is not None:
+        template = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(k_train, hparams)
+        source = json.loads((args.baselines / "config.json").read_text())
+        expected = {k: source[k] for k in ("fingerprint", "task", "preset", "seeds")}
+        if (expected["task"], expected["preset"], expected["seeds"]) != (args.task, args.preset, seeds):
+            sys.exit(f"error: {args.baselines} was run for {expected['task']}/{expected['preset']}/seeds "
+                     f"{expected['seeds']}, not {args.task}/{args.preset}/{seeds}")
+        baseline, _ = restore_checkpoint(args.baselines / "baseline", template, expected_meta=expected,
+                                         step=latest_step(args.baselines / "baseline"))
+        if int(baseline.update[0]) != config.num_updates:
+            sys.exit(f"error: the specialists in {args.baselines} are unfinished")
+        progress(f"specialists from {args.baselines}")
+    else:
+        baseline = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / "baseline", run_id, resume,
+                                     progress)
+
+    evaluate = make_evaluate(env, trainer.model, obs_clip=config.obs_clip)
+    cache = stage_cache(out / "stages", run_id, resume, progress)
+    low, high = env.init_low, env.init_high
+    # one key per purpose: arm a fine-tunes with stream a, all arms are evaluated on the same fresh θ
+    k_arms = jax.vmap(lambda k: jax.random.split(k, len(args.acquisitions) + 2))(k_compare)
+    k_fresh = k_arms[:, -1]
+
+    batch_evaluate, policies = jax.jit(jax.vmap(evaluate)), jax.jit(jax.vmap(trainer.policy))
+    draw = jax.jit(jax.vmap(lambda k: jax.random.uniform(k, (args.eval_trials, 3), minval=low, maxval=high)))
+
+    def fresh_success(train_states, keys):
+        """Every arm is evaluated on the same fresh θ and episode keys (paired comparison)."""
+        ks = jax.vmap(jax.random.split)(keys)
+        return batch_evaluate(policies(train_states), draw(ks[:, 0]), ks[:, 1]).success
+
+    def finetuned(name, finetune_config, key_index, budget=None):
+        finetune = make_finetune(finetune_config, trainer, evaluate)
+        init = lambda: jax.vmap(finetune.init)(k_arms[:, key_index], baseline, budget)  # noqa: E731
+
+        return cache(f"finetune_{name}", lambda: run_rounds(finetune, jax.jit(init)(), batch_evaluate, trainer.policy,
+                                                            f"  {name}", progress), init)
+
+    success = {"baseline": cache("fresh_baseline", lambda: fresh_success(baseline, k_fresh),
+                                 lambda: fresh_success(baseline, k_fresh))}
+    arms = {}
+    for i, kind in enumerate(args.acquisitions):
+        progress(f"[{kind}]")
+        arms[kind] = finetuned(kind, dataclasses.replace(base_finetune, proposal=ProposalConfig(kind=kind, q=32)), i)
+    progress("[uniform]")
+    arms["uniform"] = finetuned("uniform", dataclasses.replace(base_finetune, guided=False),
+                                len(args.acquisitions), budget=np.full(len(seeds), rounds))
+    for name, state in arms.items():
+        success[name] = cache(f"fresh_{name}", lambda s=state: fresh_success(s.train, k_fresh),
+                              lambda s=state: fresh_success(s.train, k_fresh))
+
+    table = {name: summarize_seeds(np.asarray(s)) for name, s in success.items()}
+    for name, state in arms.items():
+        table[name]["finetune_env_steps_per_seed"] = np.asarray(state.history.env_steps[:, rounds - 1]).tolist()
+        table[name]["round_success_per_seed"] = np.asarray(state.history.success_rate).tolist()
+    progress("fresh uniform trials per arm: %d\n%s" % (args.eval_trials, format_table(
+        {k: {**v, "cell_variance": float("nan")} for k, v in table.items()})))
+    (out / "figures").mkdir(exist_ok=True)
+    figure = plot_table(table, out / "figures" / "acquisitions.png",
+                        title=f"{args.task}: fine-tuning {rounds} rounds per arm, {len(seeds)} seed(s)")
+    results = {**run_id, "arms": table, "rounds": rounds, "eval_trials": args.eval_trials, "figure": figure,
+               "wall_s": time.time() - t_start, "jax_version": jax.__version__, "device": str(jax.devices()[0])}
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    progress(f"wrote {out / 'results.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Refinery on one task: Baseline, Deployment, Fine-tune, Refinery and a uniform fine-tuning control.
+
+    python experiments/refinery.py --task square_peg --preset quick --seeds 2 --out runs/refinery_square_peg
+
+For seeds 0..S-1 (one vmap per stage): train the PPO specialists (the preset of the
+same name) → Baseline (uniform θ) → Deployment (baseline + success GMM, Algorithm 2)
+→ Fine-tune (BO-guided, Algorithm 1; uniform θ) → Refinery (fine-tuned + GMM) →
+Uniform fine-tune (the same rounds and env steps with uniform resets: the control the
+paper does not report). Each row is measured on fresh trials used for nothing else.
+
+Writes into --out: config.json, baseline/ (orbax checkpoints of the specialists),
+stages/ (each finished stage, so --resume skips it), results.json (the table),
+arrays.npz (everything the notebook needs), figures/*.png, log.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
+from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
+from refinery_jax.ppo.presets import PRESETS  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir  # noqa: E402
+from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK})")
+    parser.add_argument("--preset", default="quick", choices=PRESETS, help="budgets (default quick)")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1 (default 1)")
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
+    parser.add_argument("--acquisition", default="ucb", choices=ACQUISITIONS, help="BO acquisition (default ucb)")
+    parser.add_argument("--selection", default="argmax", choices=("argmax", "random"),
+                        help="deployment: highest-density GMM sample (paper) or a random one (Refinery's code)")
+    parser.add_argument("--baseline-updates", type=int, default=None,
+                        help="override the preset's PPO updates for the specialists (multiple of its chunk)")
+    parser.add_argument("--max-rounds", type=int, default=None, help="override the preset's fine-tuning rounds")
+    parser.add_argument("--eval-trials", type=int, default=None, help="override the 1000 fresh trials per row")
+    parser.add_argument("--gmm-inits", type=int, default=None, help="override N = 1000 of Algorithm 2")
+    parser.add_argument("--no-figures", action="store_true", help="skip the PNGs and success maps")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
+    args = parser.parse_args(argv)
+    if args.task not in task_names():
+        parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
+    for name in ("seeds", "baseline_updates", "max_rounds", "eval_trials", "gmm_inits"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    return args
+
+
+def build_configs(args):
+    """(PPO preset, comparison config) after the command-line overrides; exits on bad combinations."""
+    from refinery_jax.ppo.presets import preset
+    from refinery_jax.refinery.presets import comparison_preset
+    from refinery_jax.success_models import DeploymentConfig
+
+    spec = preset(args.preset, args.task)
+    if args.baseline_updates is not None:
+        if args.baseline_updates % spec.chunk_updates:
+            sys.exit(f"error: --baseline-updates must be a multiple of the chunk size {spec.chunk_updates}")
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, num_updates=args.baseline_updates))
+    comparison = comparison_preset(args.preset, args.acquisition)
+    finetune = comparison.finetune
+    if args.max_rounds is not None:
+        finetune = dataclasses.replace(finetune, max_rounds=args.max_rounds)
+    comparison = dataclasses.replace(
+        comparison, finetune=finetune,
+        eval_trials=args.eval_trials or comparison.eval_trials, gmm_inits=args.gmm_inits or comparison.gmm_inits,
+        deployment=DeploymentConfig(selection=args.selection))
+    return spec, comparison
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    spec, comparison_config = build_configs(args)
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("baseline", "stages"))
+    t_start = time.time()
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "log.txt", "a")
+
+    def progress(message: str):
+        line = f"[{time.time() - t_start:7.0f} s] {message}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    import jax
+
+    from refinery_jax.compile_cache import enable_compile_cache
+
+    enable_compile_cache()  # each program compiles once per machine
+
+    from refinery_jax.checkpoints import config_fingerprint, stage_cache
+    from refinery_jax.refinery.specialists import seed_keys, train_specialists
+    from refinery_jax.evaluation import make_evaluate, save_success_map, success_map
+    from refinery_jax.ppo import default_hyperparams, make_trainer
+    from refinery_jax.refinery import comparison_table, format_table, make_comparison, run_comparison
+    from refinery_jax.refinery import plots
+    from refinery_jax.refinery.results_io import RunData, add_success_map, pack_arrays, save_run
+
+    config = spec.config
+    if config.imitation is not None:
+        sys.exit("error: this preset uses the imitation reward; refinery.py trains specialists without demos "
+                 "(train them with train_specialist.py) — use --preset quick")
+    seeds = list(range(args.seeds))
+    run_id = {"fingerprint": config_fingerprint((config, spec, comparison_config, seeds)), "task": args.task,
+              "preset": args.preset, "seeds": seeds}
+    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()},
+                                                 "ppo": dataclasses.asdict(config),
+                                                 "comparison": dataclasses.asdict(comparison_config)},
+                                                indent=2, default=str))
+
+    k_train, k_compare, k_maps = seed_keys(seeds)
+    trainer = make_trainer(config)
+    env = trainer.env
+    hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
+    state = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / "baseline", run_id, resume,
+                              progress)
+
+    # --- the comparison ---------------------------------------------------------------------------------
+    evaluate = make_evaluate(env, trainer.model, obs_clip=config.obs_clip)
+    comparison = make_comparison(comparison_config, trainer, evaluate)
+
+    cache = stage_cache(out / "stages", run_id, resume, progress)
+    result = run_comparison(comparison, trainer, k_compare, state, progress=progress, cache=cache)
+    low, high = env.init_low, env.init_high
+    table = comparison_table(result, low, high, comparison_config.cells)
+    progress("results (fresh trials per row: %d)\n%s" % (comparison_config.eval_trials, format_table(table)))
+
+    # --- arrays for the notebook, figures ---------------------------------------------------------------
+    arrays = pack_arrays(result, low, high)
+    results = {**run_id, "methods": table, "eval_trials": comparison_config.eval_trials,
+               "specialist_env_steps": int(config.total_env_steps), "acquisition": args.acquisition,
+               "selection": args.selection, "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+               "resumed": resume}
+    if not args.no_figures:
+        fig_dir = out / "figures"
+        progress("[success maps before and after fine-tuning, seed 0; figures]")
+        first = lambda tree: jax.tree.map(lambda a: a[0], tree)  # noqa: E731
+        for tag, train_state in (("before", state), ("after", result.finetune.train)):
+            smap = success_map(evaluate, trainer.policy(first(train_state)), k_maps[0], low, high, nx=5, ny=5, nz=2,
+                               trials=8)
+            save_success_map(smap, fig_dir, stem=f"success_map_{tag}", title=f"{args.task} seed 0, {tag} fine-tuning")
+            add_success_map(arrays, tag, smap)
+        results["figures"] = plots.draw_run_figures(RunData.from_memory(results, arrays), fig_dir, args.task)
+    results["wall_s"] = time.time() - t_start
+    save_run(out, results, arrays)
+    progress(f"wrote {out / 'results.json'} ({results['wall_s']:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

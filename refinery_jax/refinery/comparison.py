@@ -1,0 +1,224 @@
+"""The comparison of the Refinery paper, plus the control it does not report.
+
+From trained specialists (one per seed, stacked on a leading axis):
+
+    Baseline          specialist, uniform θ
+    Deployment        specialist, θ from its success GMM (Algorithm 2)
+    Fine-tune         BO-guided fine-tuning (Algorithm 1), uniform θ
+    Refinery          fine-tuned policy, θ from its success GMM
+    Uniform fine-tune the same fine-tuning rounds and env steps with uniform resets, uniform θ
+
+Every row is measured on `eval_trials` fresh episodes whose θ (and nuisance keys)
+come from key streams used for nothing else: not to fit a GMM, not to fit a GP,
+not to choose a checkpoint. Seeds run as one `vmap` per stage.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from refinery_jax.envs.samplers import uniform_box
+from refinery_jax.ppo.train import Trainer, TrainState
+from refinery_jax.refinery.deployment import concentration, deployment_sampler, fit_success_model
+from refinery_jax.refinery.finetune import FineTune, FineTuneConfig, FineTuneState, make_finetune
+from refinery_jax.refinery.stats import cell_variance, summarize_seeds
+from refinery_jax.success_models import DeploymentConfig, GMMConfig
+
+METHODS = ("baseline", "deployment", "finetune", "refinery", "uniform_finetune")
+KEY_STREAMS = ("finetune", "control", "gmm_baseline", "gmm_finetuned") + tuple(f"fresh_{m}" for m in METHODS)
+
+
+@dataclasses.dataclass(frozen=True)
+class ComparisonConfig:
+    eval_trials: int = 1000    # fresh episodes per method and seed
+    gmm_inits: int = 1000      # N of Algorithm 2
+    finetune: FineTuneConfig = FineTuneConfig()
+    deployment: DeploymentConfig = DeploymentConfig()
+    gmm: GMMConfig = GMMConfig()
+    cells: int = 3             # θ cells per x-y axis for the spread of success
+
+    def __post_init__(self):
+        if min(self.eval_trials, self.gmm_inits, self.cells) < 1:
+            raise ValueError(f"counts must be positive: {self}")
+        if not self.finetune.guided:
+            raise ValueError("ComparisonConfig.finetune is the BO run; the uniform control is derived from it")
+
+
+class FreshEval(NamedTuple):
+    inits: jax.Array    # [N, 3]
+    success: jax.Array  # [N] bool
+    returns: jax.Array  # [N]
+
+
+class ComparisonResult(NamedTuple):
+    fresh: dict                  # method -> FreshEval, each leaf [S, ...]
+    deployment: dict             # "baseline" / "finetuned" -> DeploymentModel [S]
+    finetune: FineTuneState      # BO run [S]
+    control: FineTuneState       # uniform-reset control [S]
+
+
+def key_streams(key: jax.Array) -> dict:
+    """One independent key per purpose (see KEY_STREAMS), so no data is used twice."""
+    return dict(zip(KEY_STREAMS, jax.random.split(key, len(KEY_STREAMS))))
+
+
+class Comparison(NamedTuple):
+    config: ComparisonConfig
+    finetune_bo: FineTune
+    finetune_uniform: FineTune
+    evaluate: Callable          # jit(vmap(evaluate)): (policies [S], θ [S, N, 3], keys [S]) -> EvalResult [S, N]
+    uniform_inits: Callable     # key -> θ [N, 3] (one seed)
+    deployment_inits: Callable  # (key, DeploymentModel) -> θ [N, 3] (one seed)
+
+
+def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callable) -> Comparison:
+    """The pieces of each stage. Evaluation is one vmapped program, compiled once per number
+    of θ and shared by every stage (fresh rows, GMM data, fine-tuning rounds)."""
+    env = trainer.env
+    low, high = env.init_low, env.init_high
+    uniform = uniform_box(low, high)
+
+    def draw(sampler, key, n):
+        return jax.vmap(sampler)(jax.random.split(key, n))
+
+    return Comparison(
+        config=config,
+        finetune_bo=make_finetune(config.finetune, trainer, evaluate),
+        finetune_uniform=make_finetune(dataclasses.replace(config.finetune, guided=False), trainer, evaluate),
+        evaluate=jax.jit(jax.vmap(evaluate)),
+        uniform_inits=lambda key, n: draw(uniform, key, n),
+        deployment_inits=lambda key, model, n: draw(deployment_sampler(model, low, high, config.deployment), key, n),
+    )
+
+
+def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callable, policy: Callable,
+               name: str = "fine-tune", progress: Callable = print) -> FineTuneState:
+    """Rounds for a batch of runs [S] until all are done (finished runs are left as they are).
+
+    batch_evaluate: `jax.jit(jax.vmap(evaluate))`; policy: `trainer.policy`.
+    """
+    request, record = jax.jit(jax.vmap(finetune.request)), jax.jit(jax.vmap(finetune.record))
+    improve, policies = jax.jit(jax.vmap(finetune.improve)), jax.jit(jax.vmap(policy))
+    e = finetune.config.eval_points
+    while not bool(np.all(np.asarray(state.done))):
+        inits, keys = request(state)
+        if finetune.config.guided:
+            success = batch_evaluate(policies(state.train), inits, keys).success
+        else:  # the control evaluates nothing between rounds
+            inits, success = jnp.zeros_like(inits), jnp.zeros(inits.shape[:1] + (e,), bool)
+        state = improve(record(state, inits, success))
+        message = f"{name} round {int(np.max(np.asarray(state.rounds)))}: done {np.asarray(state.done).tolist()}"
+        if finetune.config.guided:
+            rows = np.asarray(state.rounds) - 1
+            rates = np.asarray(state.history.success_rate)[np.arange(len(rows)), rows]
+            message += f" | eval success per seed {np.round(rates, 3).tolist()}"
+        progress(message)
+    return state
+
+
+def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, baseline: TrainState,
+                   progress: Callable = print, cache: Optional[Callable] = None) -> ComparisonResult:
+    """All five rows for S seeds. keys: [S] seed keys; baseline: TrainState with leading axis [S].
+
+    cache(name, compute, like) -> compute() lets a caller store and reuse stage results
+    (resume); `like` is a traceable zero-argument function with the result's structure
+    (`jax.eval_shape(like)` gives a restore template). By default every stage is computed.
+    """
+    cache = cache or (lambda name, compute, like: compute())
+    c, cfg = comparison, comparison.config
+    streams = jax.vmap(key_streams)(keys)
+    policies = jax.jit(jax.vmap(trainer.policy))
+    split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 3)))
+    uniform_inits = jax.jit(jax.vmap(c.uniform_inits, in_axes=(0, None)), static_argnums=1)
+    deployment_inits = jax.jit(jax.vmap(c.deployment_inits, in_axes=(0, 0, None)), static_argnums=2)
+    fit_model = jax.jit(jax.vmap(lambda k, x, s: fit_success_model(k, x, s, cfg.gmm)))
+
+    def fresh(name, train_state, model=None):
+        """A reported row: fresh θ (uniform, or from the deployment GMM) and fresh episodes."""
+        def compute():
+            ks = split(streams[f"fresh_{name}"])
+            k_inits, k_eval = ks[:, 0], ks[:, 1]
+            inits = (uniform_inits(k_inits, cfg.eval_trials) if model is None
+                     else deployment_inits(k_inits, model, cfg.eval_trials))
+            result = c.evaluate(policies(train_state), inits, k_eval)
+            return FreshEval(inits=inits, success=result.success, returns=result.returns)
+
+        progress(f"[{name}]")
+        return cache(f"fresh_{name}", compute, compute)
+
+    def deployment_model(name, train_state):
+        """Algorithm 2's offline phase on its own N uniform θ."""
+        def compute():
+            ks = split(streams[name])
+            k_inits, k_eval, k_gmm = ks[:, 0], ks[:, 1], ks[:, 2]
+            inits = uniform_inits(k_inits, cfg.gmm_inits)
+            return fit_model(k_gmm, inits, c.evaluate(policies(train_state), inits, k_eval).success)
+
+        progress(f"[{name}]")
+        return cache(name, compute, compute)
+
+    fresh_baseline = fresh("baseline", baseline)
+    deploy_base = deployment_model("gmm_baseline", baseline)
+    fresh_deployment = fresh("deployment", baseline, deploy_base)
+
+    bo_init = lambda: jax.vmap(c.finetune_bo.init)(streams["finetune"], baseline)  # noqa: E731
+    progress("[finetune]")
+    bo = cache("finetune", lambda: run_rounds(c.finetune_bo, jax.jit(bo_init)(), c.evaluate, trainer.policy,
+                                              "fine-tune (BO)", progress), bo_init)
+    # the control gets exactly the BO run's rounds, hence the same PPO updates and env steps
+    control_init = lambda: jax.vmap(c.finetune_uniform.init)(streams["control"], baseline, bo.rounds)  # noqa: E731
+    progress("[uniform_finetune]")
+    control = cache("uniform_finetune", lambda: run_rounds(c.finetune_uniform, jax.jit(control_init)(), c.evaluate,
+                                                           trainer.policy, "fine-tune (uniform control)", progress),
+                    control_init)
+
+    fresh_finetune = fresh("finetune", bo.train)
+    deploy_tuned = deployment_model("gmm_finetuned", bo.train)
+    fresh_refinery = fresh("refinery", bo.train, deploy_tuned)
+    fresh_control = fresh("uniform_finetune", control.train)
+    return ComparisonResult(
+        fresh=dict(baseline=fresh_baseline, deployment=fresh_deployment, finetune=fresh_finetune,
+                   refinery=fresh_refinery, uniform_finetune=fresh_control),
+        deployment=dict(baseline=deploy_base, finetuned=deploy_tuned), finetune=bo, control=control)
+
+
+def comparison_table(result: ComparisonResult, low, high, cells: int = 3) -> dict:
+    """Per method: mean, std across seeds, 95 % CI, per-seed rates, spread of success over θ cells."""
+    table = {}
+    for method in METHODS:
+        ev = jax.device_get(result.fresh[method])
+        row = summarize_seeds(np.asarray(ev.success))
+        cell_stats = [cell_variance(i, s, low, high, cells) for i, s in zip(ev.inits, ev.success)]
+        row["cell_variance_per_seed"] = [cs["variance"] for cs in cell_stats]
+        row["cell_variance_denoised_per_seed"] = [cs["variance_denoised"] for cs in cell_stats]
+        row["cells_used_per_seed"] = [cs["cells_used"] for cs in cell_stats]
+        used = [v for v in row["cell_variance_per_seed"] if not np.isnan(v)]
+        row["cell_variance"] = float(np.mean(used)) if used else float("nan")
+        if method in ("deployment", "refinery"):
+            row["init_concentration_per_seed"] = [concentration(i, low, high) for i in ev.inits]
+        table[method] = row
+    for name, state in (("finetune", result.finetune), ("uniform_finetune", result.control)):
+        table[name]["rounds_per_seed"] = np.asarray(state.rounds).tolist()
+        table[name]["converged_per_seed"] = np.asarray(state.converged).tolist()
+        steps = np.asarray(state.history.env_steps)
+        table[name]["finetune_env_steps_per_seed"] = [int(s[r - 1]) for s, r in zip(steps, np.asarray(state.rounds))]
+    for name, model in result.deployment.items():
+        table["deployment" if name == "baseline" else "refinery"]["gmm"] = {
+            "fit_successes_per_seed": np.asarray(model.num_successes).tolist(),
+            "components_per_seed": np.asarray(model.gmm.num_components).tolist(),
+            "usable_per_seed": np.asarray(model.usable).tolist()}
+    return table
+
+
+def format_table(table: dict) -> str:
+    lines = [f"{'method':<18} {'success':>8} {'± std':>7} {'95% CI':>17} {'cell var':>9}  per seed"]
+    for method, row in table.items():
+        lines.append(f"{method:<18} {row['success_mean']:8.3f} {row['success_std']:7.3f} "
+                     f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}] {row['cell_variance']:9.4f}  "
+                     f"{np.round(row['per_seed'], 3).tolist()}")
+    return "\n".join(lines)

@@ -1,0 +1,327 @@
+"""Refinery: the convergence rule, statistics, samplers, and the whole comparison on a tiny task.
+
+The end-to-end fixture starts from a hand-made "specialist" on the round peg (no yaw
+to correct): a proportional controller toward the observed goal written into the
+actor's weights. It succeeds often but not always (about 90 % in a hand run over 64
+starts), without any training, which makes the GMM, the GP and the table non-trivial
+in CI time.
+"""
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+
+from refinery_jax.envs.assembly_env import EnvConfig
+from refinery_jax.evaluation import make_evaluate
+from refinery_jax.ppo import PPOConfig, default_hyperparams, make_trainer
+from refinery_jax.refinery import (
+    KEY_STREAMS,
+    METHODS,
+    MIN_SUCCESSES,
+    ComparisonConfig,
+    DeploymentModel,
+    FineTuneConfig,
+    cell_variance,
+    comparison_table,
+    deployment_sampler,
+    has_converged,
+    make_comparison,
+    proposal_sampler,
+    run_comparison,
+    summarize_seeds,
+    t_quantile_975,
+    wilson_interval,
+)
+from refinery_jax.refinery.results_io import load_run, pack_arrays, save_run
+from refinery_jax.success_models import ProposalConfig, fit_success_gmm
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------------------
+# pure pieces
+# ---------------------------------------------------------------------------
+
+def test_convergence_rule_on_a_synthetic_history():
+    rates = jnp.array([0.50, 0.62, 0.70, 0.74, 0.76, 0.77, 0.78, 0.78, 0.0, 0.0])
+    # window 5, tolerance 0.05: rounds 1..5 span 0.26; rounds 3..7 span 0.08; rounds 4..8 span 0.04
+    got = [bool(has_converged(rates, n, 5, 0.05)) for n in range(1, 11)]
+    assert got[:7] == [False] * 7
+    assert got[7]  # after the 8th evaluation
+    # entries beyond `count` are ignored (the zeros at 9 and 10 would break the span)
+    assert bool(has_converged(rates, 8, 5, 0.05))
+    assert not bool(has_converged(rates, 4, 5, 1.0))  # fewer evaluations than the window
+    assert bool(has_converged(jnp.full(6, 0.9), 5, 5, 0.05))
+    assert not bool(has_converged(jnp.array([0.9, 0.9, 0.9, 0.9, 0.95]), 5, 5, 0.05))  # span = tolerance
+
+
+def test_t_quantiles_and_intervals_match_scipy():
+    for dof in (1, 2, 4, 9, 29):
+        assert t_quantile_975(dof) == pytest.approx(scipy.stats.t.ppf(0.975, dof), abs=1e-3)
+    low, high = wilson_interval(37, 50)
+    ref = scipy.stats.binomtest(37, 50).proportion_ci(0.95, method="wilson")
+    assert (low, high) == pytest.approx((ref.low, ref.high), abs=1e-3)
+
+    rng = np.random.default_rng(0)
+    success = rng.random((4, 200)) < np.array([[0.6], [0.7], [0.8], [0.75]])
+    row = summarize_seeds(success)
+    rates = success.mean(1)
+    ref_low, ref_high = scipy.stats.t.interval(0.95, 3, loc=rates.mean(), scale=scipy.stats.sem(rates))
+    assert row["success_mean"] == pytest.approx(rates.mean())
+    assert row["success_std"] == pytest.approx(rates.std(ddof=1))
+    assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((ref_low, ref_high), abs=1e-3)
+    one = summarize_seeds(success[:1])
+    assert one["ci_method"].startswith("wilson") and one["success_std"] == 0.0
+
+
+def test_cell_variance_by_hand():
+    low, high = np.array([-1.0, -1.0, 0.0]), np.array([1.0, 1.0, 1.0])
+    # two cells of a 2x2 grid populated: (x<0, y<0) all successes, (x>0, y>0) half
+    inits = np.array([[-0.5, -0.5, 0.5]] * 10 + [[0.5, 0.5, 0.5]] * 10)
+    success = np.array([1] * 10 + [1, 0] * 5, bool)
+    stats = cell_variance(inits, success, low, high, cells=2, min_trials=10)
+    assert stats["cells_used"] == 2
+    assert stats["variance"] == pytest.approx(np.var([1.0, 0.5]))
+    assert stats["variance_denoised"] == pytest.approx(np.var([1.0, 0.5]) - np.mean([0.0, 0.25 / 9]))
+    assert cell_variance(inits, success, low, high, cells=2, min_trials=11)["cells_used"] == 0
+
+
+def test_proposal_sampler_mixes_proposals_and_uniform():
+    low, high = jnp.array([-1.0, -1.0, 0.0]), jnp.array([1.0, 1.0, 1.0])
+    proposals = jnp.array([[0.1, 0.2, 0.3], [-0.4, 0.5, 0.6]])
+    keys = jax.random.split(jax.random.key(0), 4000)
+    only = jax.vmap(proposal_sampler(proposals, low, high, 0.0))(keys)
+    assert bool(jnp.all(jnp.any(jnp.all(only[:, None] == proposals[None], -1), -1)))
+    frac_first = float(jnp.mean(jnp.all(only == proposals[0], -1)))
+    assert 0.45 < frac_first < 0.55
+    mixed = jax.vmap(proposal_sampler(proposals, low, high, 0.25))(keys)
+    is_proposal = jnp.any(jnp.all(mixed[:, None] == proposals[None], -1), -1)
+    assert 0.22 < 1 - float(jnp.mean(is_proposal)) < 0.28
+    assert bool(jnp.all((mixed >= low) & (mixed <= high)))
+
+
+@pytest.fixture(scope="module")
+def edge_gmm():
+    """A GMM fitted to successes crowded against the box's +x face (half its mass lies outside)."""
+    rng = np.random.default_rng(1)
+    x = np.concatenate([rng.normal([0.0095, 0.0, 0.015], [0.001, 0.002, 0.002], (300, 3)),
+                        rng.uniform([-0.01, -0.01, 0.01], [0.01, 0.01, 0.02], (300, 3))]).astype(np.float32)
+    success = np.arange(600) < 300
+    return x, success, fit_success_gmm(jax.random.key(0), x, success)
+
+
+def test_deployment_sampler_stays_in_the_box(edge_gmm):
+    x, success, gmm = edge_gmm
+    low, high = np.array([-0.01, -0.01, 0.01], np.float32), np.array([0.01, 0.01, 0.02], np.float32)
+    model = DeploymentModel(gmm=gmm, fit_inits=jnp.asarray(x), fit_success=jnp.asarray(success),
+                            num_successes=jnp.asarray(300), usable=jnp.asarray(True))
+    keys = jax.random.split(jax.random.key(2), 512)
+    for selection in ("argmax", "random"):
+        from refinery_jax.success_models import DeploymentConfig
+        inits = np.asarray(jax.jit(jax.vmap(deployment_sampler(model, low, high, DeploymentConfig(selection=selection))))(keys))
+        assert np.all((inits >= low) & (inits <= high)), selection
+        assert len(np.unique(inits, axis=0)) > 400, "a fresh selection per episode, not one fixed point"
+        assert np.mean(inits[:, 0] > 0.005) > 0.5, "selections follow the successes"
+    # too few successes: uniform over the box
+    unusable = model.replace(usable=jnp.asarray(False))
+    inits = np.asarray(jax.vmap(deployment_sampler(unusable, low, high))(keys))
+    assert np.all((inits >= low) & (inits <= high)) and abs(float(inits[:, 0].mean())) < 0.002
+    assert MIN_SUCCESSES == 4
+
+
+# ---------------------------------------------------------------------------
+# the comparison end to end on a tiny configuration
+# ---------------------------------------------------------------------------
+
+GAIN = 30.0  # proportional gain of the hand-made specialist (action units per metre)
+
+
+def p_controller(train_state):
+    """Overwrite the actor with mean = GAIN * (observed goal - fingertip) in xyz, 0 in rotation."""
+    params = jax.tree.map(lambda x: x, train_state.params)
+    actor = params["params"]["actor"]
+    (l0, d0), (l1, d1) = sorted(actor.items())
+    hidden = actor[l0]["kernel"].shape[1]
+    obs_dim = actor[l0]["kernel"].shape[0]
+    w0 = jnp.zeros((obs_dim, hidden)).at[obs_dim - 3 + jnp.arange(3), jnp.arange(3)].set(1.0)
+    offset = 10.0  # keeps the ELU in its linear part
+    actor[l0] = {"kernel": w0, "bias": jnp.full(hidden, offset)}
+    w1 = jnp.zeros((hidden, 6)).at[jnp.arange(3), jnp.arange(3)].set(GAIN)
+    actor[l1] = {"kernel": w1, "bias": jnp.concatenate([jnp.full(3, -GAIN * offset), jnp.zeros(3)])}
+    stats = train_state.obs_stats.replace(mean=jnp.zeros_like(train_state.obs_stats.mean),
+                                          var=jnp.ones_like(train_state.obs_stats.var))
+    return train_state.replace(params=params, obs_stats=stats)
+
+
+TINY_PPO = PPOConfig(env=EnvConfig(task="round_peg"), num_envs=8, num_steps=8, num_updates=2, update_epochs=1, num_minibatches=2,
+                     actor_hidden=(16,), critic_hidden=(16,))
+# one θ count everywhere (fresh rows, GMM data, BO rounds): a single compiled evaluation
+TINY = ComparisonConfig(eval_trials=32, gmm_inits=32, finetune=FineTuneConfig(
+    eval_points=32, updates_per_round=1, max_rounds=3, window=2, learning_rate=1e-5,
+    proposal=ProposalConfig(q=4, num_candidates=64, num_starts=4, num_steps=5)))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    trainer = make_trainer(TINY_PPO)
+    evaluate = make_evaluate(trainer.env, trainer.model, batch_size=32)
+    comparison = make_comparison(TINY, trainer, evaluate)
+    keys = jax.random.split(jax.random.key(0), 2)
+    baseline = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, default_hyperparams(TINY_PPO))
+    baseline = jax.vmap(p_controller)(baseline)
+    messages = []
+    result = run_comparison(comparison, trainer, keys, baseline, progress=messages.append)
+    table = comparison_table(result, trainer.env.init_low, trainer.env.init_high)
+    return dict(trainer=trainer, comparison=comparison, keys=keys, baseline=baseline, result=result, table=table,
+                messages=messages)
+
+
+def test_comparison_table_has_five_rows_from_fresh_trials(tiny):
+    table = tiny["table"]
+    assert tuple(table) == METHODS
+    for method, row in table.items():
+        assert len(row["per_seed"]) == 2 and row["trials_per_seed"] == TINY.eval_trials
+        assert row["ci95_low"] <= row["success_mean"] <= row["ci95_high"]
+        assert 0.0 <= row["success_mean"] <= 1.0
+    base = table["baseline"]
+    assert 0.0 < base["success_mean"] < 1.0, "the hand-made specialist should succeed from some θ only"
+    assert all(table["deployment"]["gmm"]["usable_per_seed"])
+    # deployment concentrates the starts
+    for conc in table["deployment"]["init_concentration_per_seed"]:
+        assert max(conc["std_over_uniform_std"][:2]) < 0.9
+
+
+def test_fresh_trials_are_disjoint_from_fitting_data(tiny):
+    result = tiny["result"]
+    fitted = [result.deployment["baseline"].fit_inits, result.deployment["finetuned"].fit_inits,
+              result.finetune.history.eval_inits.reshape(2, -1, 3)]
+    for method in METHODS:
+        fresh = np.asarray(result.fresh[method].inits)
+        for seed in range(2):
+            for data in fitted:
+                data = np.asarray(data[seed])
+                same = np.any(np.all(fresh[seed][:, None] == data[None], -1))
+                assert not same, f"{method} reused a fitting init"
+    streams = jax.vmap(lambda k: jnp.stack([jax.random.key_data(v) for v in
+                                            __import__("refinery_jax.refinery", fromlist=["key_streams"])
+                                            .key_streams(k).values()]))(tiny["keys"])
+    flat = np.asarray(streams).reshape(-1, streams.shape[-1])
+    assert len(np.unique(flat, axis=0)) == 2 * len(KEY_STREAMS)
+
+
+def test_finetune_history_and_control_budget(tiny):
+    bo, control = tiny["result"].finetune, tiny["result"].control
+    rounds = np.asarray(bo.rounds)
+    assert np.all((rounds >= TINY.finetune.window) | np.asarray(bo.converged) | (rounds == TINY.finetune.max_rounds))
+    assert np.all(np.asarray(bo.done))
+    np.testing.assert_array_equal(np.asarray(control.rounds), rounds)
+    steps = TINY.finetune.updates_per_round * TINY_PPO.batch_size
+    for s, r in enumerate(rounds):
+        trained = np.asarray(bo.history.trained[s, :r])
+        assert trained.sum() == r - 1 and not trained[-1], "every round trains except the final evaluation"
+        assert int(bo.history.env_steps[s, r - 1]) == (r - 1) * steps
+        assert int(control.history.env_steps[s, r - 1]) == (r - 1) * steps
+        proposals = np.asarray(bo.history.proposals[s, :r])
+        low, high = tiny["trainer"].env.init_low, tiny["trainer"].env.init_high
+        assert np.all((proposals >= low) & (proposals <= high)) and np.ptp(proposals) > 0
+        assert int(bo.train.update[s]) == int(tiny["baseline"].update[s]) + (r - 1) * TINY.finetune.updates_per_round
+
+
+def test_same_seed_gives_the_same_table(tiny):
+    again = run_comparison(tiny["comparison"], tiny["trainer"], tiny["keys"], tiny["baseline"], progress=lambda m: None)
+    table = comparison_table(again, tiny["trainer"].env.init_low, tiny["trainer"].env.init_high)
+    for method in METHODS:
+        assert table[method]["per_seed"] == tiny["table"][method]["per_seed"]
+    np.testing.assert_array_equal(np.asarray(again.finetune.history.proposals),
+                                  np.asarray(tiny["result"].finetune.history.proposals))
+
+
+@pytest.fixture(scope="module")
+def tiny_run_dir(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("refinery_run")
+    env = tiny["trainer"].env
+    arrays = pack_arrays(tiny["result"], env.init_low, env.init_high)
+    results = {"task": "round_peg", "seeds": [0, 1], "eval_trials": TINY.eval_trials, "methods": tiny["table"]}
+    save_run(out, results, arrays)
+    return out
+
+
+def test_saved_run_round_trips_and_draws(tiny_run_dir, tiny):
+    from refinery_jax.refinery.plots import draw_run_figures
+
+    run = load_run(tiny_run_dir)
+    assert run.methods == METHODS
+    inits, success = run.fresh("refinery", 1)
+    np.testing.assert_array_equal(inits, np.asarray(tiny["result"].fresh["refinery"].inits[1]))
+    figures = draw_run_figures(run, tiny_run_dir / "figures", "round_peg")
+    assert all(pathlib.Path(p).stat().st_size > 1000 for p in figures.values())
+
+
+def test_notebook_executes_on_a_saved_run(tiny_run_dir):
+    nbformat = pytest.importorskip("nbformat")
+    from nbclient import NotebookClient
+
+    nb = nbformat.read(REPO / "notebooks" / "explore_refinery_run.ipynb", as_version=4)
+    os.environ["REFINERY_RUN"] = str(tiny_run_dir)
+    try:
+        NotebookClient(nb, timeout=300, kernel_name="python3",
+                       resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    finally:
+        del os.environ["REFINERY_RUN"]
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []))
+    assert "baseline" in outputs and "refinery" in outputs and "length-scales" in outputs
+    assert not any(o.get("output_type") == "error" for c in nb.cells if c.cell_type == "code"
+                   for o in c.get("outputs", []))
+
+
+# ---------------------------------------------------------------------------
+# the experiment script's guards (before anything compiles)
+# ---------------------------------------------------------------------------
+
+SCRIPT = REPO / "experiments" / "refinery.py"
+
+
+def test_script_help():
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=120,
+                          cwd=REPO)
+    assert proc.returncode == 0 and "--seeds" in proc.stdout and "--acquisition" in proc.stdout
+
+
+@pytest.fixture(scope="module")
+def script_main():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("refinery_script", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--task", "nope"), "unknown task 'nope'"),
+    (("--seeds", "0"), "--seeds must be positive"),
+    (("--acquisition", "thompson"), "invalid choice: 'thompson'"),
+])
+def test_script_rejects_bad_arguments(script_main, capsys, tmp_path, args, message):
+    with pytest.raises(SystemExit) as exc:
+        script_main(["--out", str(tmp_path / "run"), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_script_never_overwrites_a_finished_run(script_main, tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        script_main(["--out", str(tmp_path)])
+    assert "finished run" in str(exc.value.code)
+    assert (tmp_path / "results.json").read_text() == "{}"
+    with pytest.raises(SystemExit) as exc:
+        script_main(["--out", str(tmp_path / "x"), "--baseline-updates", "7"])
+    assert "multiple of the chunk size" in str(exc.value.code)
