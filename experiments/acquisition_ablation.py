@@ -73,7 +73,7 @@ def main(argv=None) -> None:
     rounds = args.rounds or base_finetune.max_rounds
     # the convergence window is longer than the run: every arm runs exactly `rounds` rounds
     base_finetune = dataclasses.replace(base_finetune, max_rounds=rounds, window=rounds + 1)
-    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("stages", "baseline"))
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", "stages", "baseline"))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()

@@ -86,7 +86,7 @@ def build_configs(args):
 def main(argv=None) -> None:
     args = parse_args(argv)
     spec, comparison_config = build_configs(args)
-    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("baseline", "stages"))
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", "baseline", "stages"))
     t_start = time.time()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)

@@ -151,12 +151,18 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     def critic_input(states: EnvState):
         return states.critic_obs if config.asymmetric_critic else states.obs
 
+    # Orthogonal initialisers run LAPACK QR. Batched over seeds (vmap), two concurrent QR
+    # calls each wait on XLA:CPU's intra-op pool for their batch and deadlock a 2-thread
+    # pool (seen with jaxlib 0.10.2); under vmap, initialise seed after seed instead.
+    @jax.custom_batching.sequential_vmap
+    def init_params(key):
+        critic_size = env.critic_observation_size if config.asymmetric_critic else env.observation_size
+        return model.init(key, jnp.zeros(env.observation_size), jnp.zeros(critic_size))
+
     def init(key: jax.Array, hparams: Optional[PPOHyperparams] = None) -> TrainState:
         hp = default_hyperparams(config) if hparams is None else hparams
         key, k_params, k_inits, k_resets = jax.random.split(key, 4)
-        params = model.init(k_params, jnp.zeros(env.observation_size),
-                            jnp.zeros(env.critic_observation_size if config.asymmetric_critic else env.observation_size))
-        params = flax.core.unfreeze(params)
+        params = flax.core.unfreeze(init_params(k_params))
         params["params"]["log_std"] = jnp.full(env.action_size, hp.init_log_std)
         offset = jnp.asarray(config.curriculum.initial if config.curriculum else 0.0, jnp.float32)
         inits = jax.vmap(shifted(offset))(jax.random.split(k_inits, B))
