@@ -10,7 +10,7 @@ import mujoco
 import pytest
 from mujoco import mjx
 
-from refinery_jax.xla_flags import CPU_EIGEN_FLAG, CPU_FUSION_FLAG
+from refinery_jax.xla_flags import CPU_FUSION_FLAG
 
 
 def _flags_after_import(env_flags: str | None) -> str:
@@ -23,17 +23,14 @@ def _flags_after_import(env_flags: str | None) -> str:
 
 
 def test_import_sets_flag_and_keeps_user_flags():
-    both = f"{CPU_FUSION_FLAG}=false {CPU_EIGEN_FLAG}=false"
-    assert _flags_after_import(None) == both
-    assert _flags_after_import("--xla_dump_to=/tmp/x") == f"--xla_dump_to=/tmp/x {both}"
+    assert _flags_after_import(None) == f"{CPU_FUSION_FLAG}=false"
+    assert _flags_after_import("--xla_dump_to=/tmp/x") == f"--xla_dump_to=/tmp/x {CPU_FUSION_FLAG}=false"
     # a user's explicit choice wins
-    assert _flags_after_import(f"{CPU_FUSION_FLAG}=true") == f"{CPU_FUSION_FLAG}=true {CPU_EIGEN_FLAG}=false"
-    assert _flags_after_import(f"{CPU_EIGEN_FLAG}=true") == f"{CPU_EIGEN_FLAG}=true {CPU_FUSION_FLAG}=false"
+    assert _flags_after_import(f"{CPU_FUSION_FLAG}=true") == f"{CPU_FUSION_FLAG}=true"
 
 
-def test_flags_in_effect_for_this_test_process():
+def test_flag_in_effect_for_this_test_process():
     assert f"{CPU_FUSION_FLAG}=false" in os.environ["XLA_FLAGS"]
-    assert f"{CPU_EIGEN_FLAG}=false" in os.environ["XLA_FLAGS"]
 
 
 def _hinge_chain(depth: int) -> mujoco.MjModel:
