@@ -64,23 +64,28 @@ def run_scripted_episode(env: AssemblyEnv, key: jax.Array, init: jax.Array, seco
     return state, state.success, worst
 
 
-def run_scripted_episode_metrics(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float = 10.0) -> dict:
+def run_scripted_episode_metrics(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float = 10.0,
+                                 hold: jax.Array | bool = False) -> dict:
     """`run_scripted_episode` plus what it did to the parts already assembled (multi-part stages).
+
+    `hold` ([] bool, may be traced) replaces the script by a zero action, so the hand
+    stays where it started: started above the socket, nothing touches the loose parts
+    and their displacement measures how still they stay on their own.
 
     Returns a dict of [] arrays: success, penetration (max over the episode, m),
     prior_displacement (the largest displacement of any earlier part from its assembled
     pose over the episode, m; 0 without earlier parts) and final_prior_displacement (at
     the end), plus the final state under "state".
     """
-    state, penetration, displacement = _scripted_rollout(env, key, init, seconds)
+    state, penetration, displacement = _scripted_rollout(env, key, init, seconds, hold)
     return {"state": state, "success": state.success, "penetration": penetration,
             "prior_displacement": displacement, "final_prior_displacement": env.prior_part_displacement(state.data)}
 
 
-def _scripted_rollout(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float):
+def _scripted_rollout(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float, hold=False):
     def body(carry, _):
         state, worst, moved = carry
-        state = env.step(state, scripted_action(env, state))
+        state = env.step(state, jnp.where(hold, 0.0, scripted_action(env, state)))
         return (state, jnp.maximum(worst, max_penetration(state.data)),
                 jnp.maximum(moved, env.prior_part_displacement(state.data))), None
 
