@@ -7,6 +7,7 @@ starts), without any training, which makes the GMM, the GP and the table non-tri
 in CI time.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -32,6 +33,7 @@ from refinery_jax.refinery import (
     comparison_table,
     deployment_sampler,
     has_converged,
+    key_streams,
     make_comparison,
     proposal_sampler,
     run_comparison,
@@ -163,15 +165,15 @@ def p_controller(train_state):
 TINY_PPO = PPOConfig(env=EnvConfig(task="round_peg"), num_envs=8, num_steps=8, num_updates=2, update_epochs=1, num_minibatches=2,
                      actor_hidden=(16,), critic_hidden=(16,))
 # one θ count everywhere (fresh rows, GMM data, BO rounds): a single compiled evaluation
-TINY = ComparisonConfig(eval_trials=32, gmm_inits=32, finetune=FineTuneConfig(
-    eval_points=32, updates_per_round=1, max_rounds=3, window=2, learning_rate=1e-5,
+TINY = ComparisonConfig(eval_trials=16, gmm_inits=16, finetune=FineTuneConfig(
+    eval_points=16, updates_per_round=1, max_rounds=3, window=2, learning_rate=1e-5,
     proposal=ProposalConfig(q=4, num_candidates=64, num_starts=4, num_steps=5)))
 
 
 @pytest.fixture(scope="module")
 def tiny():
     trainer = make_trainer(TINY_PPO)
-    evaluate = make_evaluate(trainer.env, trainer.model, batch_size=32)
+    evaluate = make_evaluate(trainer.env, trainer.model, batch_size=16)
     comparison = make_comparison(TINY, trainer, evaluate)
     keys = jax.random.split(jax.random.key(0), 2)
     baseline = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, default_hyperparams(TINY_PPO))
@@ -209,9 +211,7 @@ def test_fresh_trials_are_disjoint_from_fitting_data(tiny):
                 data = np.asarray(data[seed])
                 same = np.any(np.all(fresh[seed][:, None] == data[None], -1))
                 assert not same, f"{method} reused a fitting init"
-    streams = jax.vmap(lambda k: jnp.stack([jax.random.key_data(v) for v in
-                                            __import__("refinery_jax.refinery", fromlist=["key_streams"])
-                                            .key_streams(k).values()]))(tiny["keys"])
+    streams = jax.vmap(lambda k: jnp.stack([jax.random.key_data(v) for v in key_streams(k).values()]))(tiny["keys"])
     flat = np.asarray(streams).reshape(-1, streams.shape[-1])
     assert len(np.unique(flat, axis=0)) == 2 * len(KEY_STREAMS)
 
@@ -325,3 +325,37 @@ def test_script_never_overwrites_a_finished_run(script_main, tmp_path):
     with pytest.raises(SystemExit) as exc:
         script_main(["--out", str(tmp_path / "x"), "--baseline-updates", "7"])
     assert "multiple of the chunk size" in str(exc.value.code)
+
+
+@pytest.mark.slow
+def test_one_jitted_run_equals_the_round_loop(tiny):
+    """`finetune.run` (a while_loop: one jittable function of the key) gives the loop's result."""
+    finetune = tiny["comparison"].finetune_bo
+    keys = jax.vmap(lambda k: key_streams(k)["finetune"])(tiny["keys"])
+    state = jax.jit(jax.vmap(lambda k, ts: finetune.run(finetune.init(k, ts))))(keys, tiny["baseline"])
+    looped = tiny["result"].finetune
+    np.testing.assert_array_equal(np.asarray(state.rounds), np.asarray(looped.rounds))
+    np.testing.assert_allclose(np.asarray(state.history.success_rate), np.asarray(looped.history.success_rate))
+    np.testing.assert_allclose(np.asarray(state.history.proposals), np.asarray(looped.history.proposals), atol=1e-6)
+
+
+@pytest.mark.slow
+def test_script_runs_end_to_end_and_resumes(tmp_path):
+    """The experiment script on a tiny budget; a rerun with --resume after losing results.json
+    restores every stage and reproduces the table."""
+    out = tmp_path / "run"
+    args = [sys.executable, str(SCRIPT), "--task", "round_peg", "--seeds", "2", "--out", str(out),
+            "--baseline-updates", "10", "--max-rounds", "2", "--eval-trials", "32", "--gmm-inits", "32"]
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+    first = subprocess.run(args, capture_output=True, text=True, timeout=3600, cwd=REPO, env=env)
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert tuple(results["methods"]) == METHODS
+    assert all(pathlib.Path(p).exists() for p in results["figures"].values())
+    (out / "results.json").rename(tmp_path / "first.json")
+    again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=3600, cwd=REPO, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "restored finetune" in again.stdout
+    second = json.loads((out / "results.json").read_text())
+    for method in METHODS:
+        assert second["methods"][method]["per_seed"] == results["methods"][method]["per_seed"]
