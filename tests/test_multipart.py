@@ -17,6 +17,7 @@ from refinery_jax.assets.multipart import MULTIPART_ASSEMBLIES, get_multipart, m
 from refinery_jax.assets.parts import translate
 from refinery_jax.assets.scene import EMBODIMENTS, PhysicsConfig, scene_xml
 from refinery_jax.envs.assembly_env import LOOSE_PART_SINK, AssemblyEnv, EnvConfig
+from refinery_jax.envs.rotations import quat_mul
 from refinery_jax.envs.scripted import run_scripted_episode_metrics
 
 EXTRA = ("two_pin_plate",)  # the small example that predates the spec (4 parts)
@@ -181,12 +182,7 @@ def test_displacement_measures_sliding_and_tilting(stage_env):
     slid = state.data.replace(qpos=state.data.qpos.at[adr].add(0.002))
     assert float(env.prior_part_displacements(slid)[0]) == pytest.approx(0.002, abs=2e-5)
     # a 0.1 rad tilt about x moves the top corners of a 24 mm tall peg by about 2.4 mm
-    quat = state.data.qpos[adr + 3: adr + 7]
-    tilt = jnp.array([np.cos(0.05), np.sin(0.05), 0.0, 0.0])
-    w1, x1, y1, z1 = quat
-    w2, x2, y2, z2 = tilt
-    tilted = jnp.array([w1 * w2 - x1 * x2 - y1 * y2 - z1 * z2, w1 * x2 + x1 * w2 + y1 * z2 - z1 * y2,
-                        w1 * y2 - x1 * z2 + y1 * w2 + z1 * x2, w1 * z2 + x1 * y2 - y1 * x2 + z1 * w2])
+    tilted = quat_mul(state.data.qpos[adr + 3: adr + 7], jnp.array([np.cos(0.05), np.sin(0.05), 0.0, 0.0]))
     tipped = state.data.replace(qpos=state.data.qpos.at[adr + 3: adr + 7].set(tilted))
     assert 0.002 < float(env.prior_part_displacements(tipped)[0]) < 0.003
     assert float(env.prior_part_displacement(slid)) >= 0.002 - 2e-5
