@@ -13,7 +13,10 @@ success is read at every step and counted at the last one.
 Multi-part stages ("ASSEMBLY/i") run in this same class: the parts assembled in earlier
 stages are free bodies, placed at reset at their assembled poses relative to the
 episode's randomised socket pose; `prior_part_displacement` says how far the stage has
-pushed them. Observation, action and success are those of the 2-part tasks.
+pushed them. Observation, action and success are those of the 2-part tasks. For chained
+sequences (`refinery.sequence`), `reset(key, init, start=StageStart(...))` takes the socket
+pose and the loose parts' world poses instead (the previous stage's physical end state);
+without `start` the code path is the one above.
 """
 
 from __future__ import annotations
@@ -115,6 +118,20 @@ class EpisodeInfo:
 
 
 @struct.dataclass
+class StageStart:
+    """Where a chained stage starts: the socket pose and the loose parts' world poses.
+
+    Replaces the socket pose the key would draw and the loose parts' assembled poses, so a
+    stage can start from the previous stage's physical end state (`refinery.sequence`).
+    """
+
+    socket_pos: jax.Array      # [3] world position of the socket body
+    socket_quat: jax.Array     # [4] its orientation
+    part_pos: jax.Array        # [k, 3] loose parts' frame origins (world), insertion order
+    part_quat: jax.Array       # [k, 4] their orientations
+
+
+@struct.dataclass
 class EnvState:
     data: mjx.Data
     obs: jax.Array             # [24] policy observation
@@ -190,16 +207,27 @@ class AssemblyEnv:
 
     # ------------------------------------------------------------------ reset
 
-    def reset(self, key: jax.Array, init: jax.Array) -> EnvState:
-        """Start an episode with the plug tip at goal + θ (socket frame). init: [3]."""
+    def reset(self, key: jax.Array, init: jax.Array, start: StageStart | None = None) -> EnvState:
+        """Start an episode with the plug tip at goal + θ (socket frame). init: [3].
+
+        start: a chained stage's socket pose and loose-part poses (placed exactly as given);
+        None (the default) draws the socket pose from `key` and places loose parts assembled.
+        """
         if init.shape != (3,):
             raise ValueError(f"init must have shape (3,) (plug-tip offset from the goal), got {init.shape}")
         c = self.config
         k_sock, k_syaw, k_yaw, k_obs_p, k_obs_y, k_frame = jax.random.split(key, 6)
-        socket_pos = jnp.asarray(self.mj_model.body("socket").pos) + jax.random.uniform(
-            k_sock, (3,), minval=-1.0, maxval=1.0) * jnp.asarray(c.socket_pos_noise)
-        socket_quat = yaw_quat(jax.random.uniform(k_syaw, (), minval=c.socket_yaw_range[0],
-                                                  maxval=c.socket_yaw_range[1]))
+        if start is None:
+            socket_pos = jnp.asarray(self.mj_model.body("socket").pos) + jax.random.uniform(
+                k_sock, (3,), minval=-1.0, maxval=1.0) * jnp.asarray(c.socket_pos_noise)
+            socket_quat = yaw_quat(jax.random.uniform(k_syaw, (), minval=c.socket_yaw_range[0],
+                                                      maxval=c.socket_yaw_range[1]))
+        else:
+            k = len(self._free_qposadr)
+            if start.part_pos.shape != (k, 3) or start.part_quat.shape != (k, 4):
+                raise ValueError(f"{self.config.task} has {k} loose part(s): start needs part_pos [{k}, 3] and "
+                                 f"part_quat [{k}, 4], got {start.part_pos.shape} and {start.part_quat.shape}")
+            socket_pos, socket_quat = start.socket_pos, start.socket_quat
         goal_pos = socket_pos + rotate(socket_quat, jnp.asarray(self.assembly.goal_in_socket, jnp.float32))
         goal_quat = socket_quat
 
@@ -211,7 +239,9 @@ class AssemblyEnv:
         d = mjx.make_data(self.model)
         d = d.replace(mocap_pos=d.mocap_pos.at[self._socket_mocap].set(socket_pos),
                       mocap_quat=d.mocap_quat.at[self._socket_mocap].set(socket_quat))
-        if len(self._free_qposadr):
+        if start is not None:
+            d = d.replace(qpos=self._set_free_parts(d.qpos, start.part_pos, start.part_quat))
+        elif len(self._free_qposadr):
             d = d.replace(qpos=self._place_free_parts(d.qpos, socket_pos, socket_quat))
         q = control.solve_ik(self.model, d, self.fingertip_body, self._n, fingertip, start_quat, self._home)
         d = mjx.forward(self.model, d.replace(qpos=d.qpos.at[: self._n].set(q)))
@@ -240,6 +270,29 @@ class AssemblyEnv:
             sunk = pos[j] - jnp.array([0.0, 0.0, (j + 1) * LOOSE_PART_SINK])
             qpos = qpos.at[adr: adr + 3].set(sunk).at[adr + 3: adr + 7].set(socket_quat)
         return qpos
+
+    def _set_free_parts(self, qpos, part_pos, part_quat):
+        for j, adr in enumerate(self._free_qposadr):
+            qpos = qpos.at[adr: adr + 3].set(part_pos[j]).at[adr + 3: adr + 7].set(part_quat[j])
+        return qpos
+
+    def assembled_start(self, socket_pos: jax.Array, socket_quat: jax.Array) -> StageStart:
+        """A `StageStart` with every loose part exactly at its assembled pose (no sink)."""
+        pos = self._assembled_poses(socket_pos, socket_quat).reshape(-1, 3)
+        return StageStart(socket_pos=socket_pos, socket_quat=socket_quat, part_pos=pos,
+                          part_quat=jnp.broadcast_to(socket_quat, (pos.shape[0], 4)))
+
+    def socket_pose(self, d: mjx.Data) -> tuple[jax.Array, jax.Array]:
+        """(position [3], quaternion [4]) of the socket this episode."""
+        return d.mocap_pos[self._socket_mocap], d.mocap_quat[self._socket_mocap]
+
+    def loose_part_poses(self, d: mjx.Data) -> tuple[jax.Array, jax.Array]:
+        """World (positions [k, 3], unit quaternions [k, 4]) of the loose parts, insertion order."""
+        if not len(self._free_qposadr):
+            return jnp.zeros((0, 3)), jnp.zeros((0, 4))
+        pos = jnp.stack([d.qpos[adr: adr + 3] for adr in self._free_qposadr])
+        quat = jnp.stack([d.qpos[adr + 3: adr + 7] for adr in self._free_qposadr])
+        return pos, quat / jnp.linalg.norm(quat, axis=-1, keepdims=True)
 
     def prior_part_displacements(self, d: mjx.Data) -> jax.Array:
         """How far each loose part is from its assembled pose: [k] metres.
