@@ -134,6 +134,23 @@ def test_hand_off_from_an_inserted_plug_is_the_assembled_next_stage(envs):
     np.testing.assert_allclose(s1 - s0, jax.vmap(lambda q: rotate(q, offset))(q0), atol=1e-6)
 
 
+def test_evaluate_chain_pads_batches_and_hands_off(envs):
+    """Two stages, two control steps of zero action, N = 3 in batches of 2 (one padded)."""
+    env0, env1, _, _ = envs
+    still = lambda state, key: jnp.zeros(6)  # noqa: E731
+    stages = [ChainStage(env0, still, steps=2), ChainStage(env1, still, steps=2)]
+    inits = jnp.stack([jnp.zeros((3, 3)), jnp.broadcast_to(jnp.asarray(env1.init_high), (3, 3))])
+    out = evaluate_chain(stages, jax.random.key(1), inits, batch_size=2)
+    assert out.stage_success.shape == out.displacement.shape == (2, 3) and out.sequence_success.shape == (3,)
+    np.testing.assert_array_equal(out.sequence_success, out.stage_success.all(axis=0))
+    assert out.stage_success[0].all()      # θ = 0: stage 0's plug starts home and the hand holds it there
+    assert not out.stage_success[1].any()  # stage 1's plug is still above its hole
+    assert np.all(out.displacement[0] == 0.0)  # stage 0 has no loose parts
+    assert np.max(out.displacement[1]) < 2e-4, out.displacement  # pin 0 released where it was inserted
+    with pytest.raises(ValueError, match="inits must be"):
+        evaluate_chain(stages, jax.random.key(1), inits[:1])
+
+
 @pytest.mark.slow
 def test_scripted_chain_assembles_two_pin_plate():
     """The privileged script inserts all three stages in a chain; pins stay within 1 mm."""
@@ -141,7 +158,7 @@ def test_scripted_chain_assembles_two_pin_plate():
     stages = [ChainStage(env, (lambda e: lambda s, k: scripted_action(e, s))(env), steps=150) for env in envs]
     n = 4
     inits = jnp.stack([jnp.broadcast_to(jnp.array([0.0, 0.0, e.assembly.depth + 0.015]), (n, 3)) for e in envs])
-    out = evaluate_chain(stages, jax.random.key(0), inits)
+    out = evaluate_chain(stages, jax.random.key(0), inits, batch_size=2)  # two batches: one compile per stage
     assert out.stage_success.shape == (3, n) and out.sequence_success.shape == (n,)
     assert out.sequence_success.all(), out
     assert np.max(out.displacement[1:]) < 1e-3, out.displacement

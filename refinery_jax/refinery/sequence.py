@@ -139,13 +139,14 @@ def _stage_runner(stage: ChainStage):
     return episode
 
 
-def evaluate_chain(stages: Sequence[ChainStage], key: jax.Array, inits) -> ChainResult:
+def evaluate_chain(stages: Sequence[ChainStage], key: jax.Array, inits, batch_size: int = 256) -> ChainResult:
     """Run N chained trials of a K-stage sequence: inits [K, N, 3] (each stage's θ).
 
     Stage 0 starts as usual (socket pose from the key, no loose parts or assembled ones);
     stage k + 1 starts from stage k's end state (`chain_start`), whether or not stage k
     succeeded, so `stage_success` beyond a failure measures a stage on a spoiled start.
-    Each stage is jitted once (its own environment and shapes), vmapped over trials.
+    Each stage is jitted once (its own environment and shapes), vmapped over a batch of
+    `batch_size` trials (N is padded to whole batches: one compiled shape per stage).
     Displacement is measured against the assembled poses in the shared base frame, so it
     includes what earlier stages left behind (a plug not fully home counts).
     """
@@ -153,21 +154,30 @@ def evaluate_chain(stages: Sequence[ChainStage], key: jax.Array, inits) -> Chain
     if inits.ndim != 3 or inits.shape[0] != len(stages) or inits.shape[2] != 3:
         raise ValueError(f"inits must be [{len(stages)}, N, 3], got shape {inits.shape}")
     n = inits.shape[1]
-    keys = jax.random.split(key, len(stages))
-    success, moved, start = [], [], None
+    batch = min(batch_size, n)
+    pad = -n % batch
+    inits = jnp.concatenate([inits, inits[:, :pad]], axis=1)
+    keys = jax.vmap(lambda k: jax.random.split(k, n + pad))(jax.random.split(key, len(stages)))  # [K, N + pad]
+
+    runs, hand_offs = [], []
     for k, stage in enumerate(stages):
         episode = _stage_runner(stage)
-        if start is None:
-            run = jax.jit(jax.vmap(lambda kk, i: episode(kk, i, None)))
-            state, ok, disp = run(jax.random.split(keys[k], n), inits[k])
-        else:
-            run = jax.jit(jax.vmap(episode))
-            state, ok, disp = run(jax.random.split(keys[k], n), inits[k], start)
-        success.append(np.asarray(ok))
-        moved.append(np.asarray(disp))
+        runs.append(jax.jit(jax.vmap(lambda kk, i, st, ep=episode: ep(kk, i, st))) if k
+                    else jax.jit(jax.vmap(lambda kk, i, ep=episode: ep(kk, i, None))))
         if k + 1 < len(stages):
-            nxt = stages[k + 1].env
-            start = jax.jit(jax.vmap(lambda s: chain_start(stage.env, nxt, s)))(state)
-    stage_success = np.stack(success)
+            env, nxt = stage.env, stages[k + 1].env
+            hand_offs.append(jax.jit(jax.vmap(lambda s, env=env, nxt=nxt: chain_start(env, nxt, s))))
+
+    success, moved = [[] for _ in stages], [[] for _ in stages]
+    for b in range(0, n + pad, batch):
+        start = None
+        for k in range(len(stages)):
+            args = (keys[k, b: b + batch], inits[k, b: b + batch]) + ((start,) if k else ())
+            state, ok, disp = runs[k](*args)
+            success[k].append(np.asarray(ok))
+            moved[k].append(np.asarray(disp))
+            if k + 1 < len(stages):
+                start = hand_offs[k](state)
+    stage_success = np.stack([np.concatenate(s)[:n] for s in success])
     return ChainResult(stage_success=stage_success, sequence_success=sequence_outcomes(stage_success),
-                       displacement=np.stack(moved))
+                       displacement=np.stack([np.concatenate(m)[:n] for m in moved]))
