@@ -14,12 +14,13 @@ from refinery_jax.assets.multipart import get_multipart, stage_names
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, StageStart
 from refinery_jax.envs.rotations import quat_mul, rotate, yaw_quat
 from refinery_jax.envs.scripted import scripted_action
-from refinery_jax.refinery import summarize_seeds
+from refinery_jax.refinery import ComparisonResult, FreshEval, summarize_seeds
 from refinery_jax.refinery.sequence import (
     ChainStage,
     chain_start,
     evaluate_chain,
     next_socket_offset,
+    paper_sequence_table,
     sequence_outcomes,
     summarize_sequence,
 )
@@ -60,6 +61,20 @@ def test_summary_numbers_by_hand():
     # a chained mode's own sequence outcomes replace the paper's
     chained = np.array([[1, 0, 0, 0], [0, 0, 0, 0]], bool)
     assert summarize_sequence(s, chained)["sequence"]["per_seed"] == [0.25, 0.0]
+
+
+def test_paper_table_from_per_stage_comparisons():
+    rng = np.random.default_rng(0)
+    fresh = lambda s: FreshEval(inits=np.zeros(s.shape + (3,)), success=s, returns=np.zeros(s.shape))  # noqa: E731
+    outcomes = rng.random((2, 3, 5, 8)) < 0.7  # [stages, methods, seeds, trials]
+    results = [ComparisonResult(fresh={m: fresh(outcomes[k, i]) for i, m in enumerate(("baseline", "deployment", "x"))},
+                                deployment={}, finetune=None, control=None) for k in range(2)]
+    table = paper_sequence_table(results, ("baseline", "deployment"))
+    assert set(table) == {"baseline", "deployment"}
+    for i, m in enumerate(("baseline", "deployment")):
+        per_seed = (outcomes[0, i] & outcomes[1, i]).mean(axis=1)
+        np.testing.assert_allclose(table[m]["sequence"]["per_seed"], per_seed)
+        np.testing.assert_allclose(table[m]["stages"][1]["per_seed"], outcomes[1, i].mean(axis=1))
 
 
 # ------------------------------------------------------------------ chained reset (MJX)

@@ -64,6 +64,23 @@ def summarize_sequence(stage_success, sequence_success=None) -> dict:
             "independent_product": float(product.mean()), "independent_product_per_seed": product.tolist()}
 
 
+SEQUENCE_METHODS = ("baseline", "deployment", "finetune", "refinery")  # the paper's four rows
+
+
+def paper_sequence_table(stage_results: Sequence, methods: Sequence[str] = SEQUENCE_METHODS) -> dict:
+    """Paper mode from per-stage comparisons: `stage_results[k]` is stage k's `ComparisonResult`
+    (fresh rows [S, N] per method) → {method: `summarize_sequence` of [S, K, N]}.
+
+    Trial j of every stage is paired into sequence trial j; the stages' fresh trials are
+    independent draws, so this is the paper's product of independent stage outcomes.
+    """
+    table = {}
+    for method in methods:
+        success = np.stack([np.asarray(jax.device_get(r.fresh[method].success), bool) for r in stage_results], axis=1)
+        table[method] = summarize_sequence(success)
+    return table
+
+
 # ------------------------------------------------------------------ chained mode
 
 
