@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from refinery_jax.assets.multipart import get_multipart, stage_names
+from refinery_jax.assets.multipart import get_multipart, multipart_names, stage_names
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, StageStart
 from refinery_jax.envs.rotations import quat_mul, rotate, yaw_quat
 from refinery_jax.envs.scripted import scripted_action
@@ -89,19 +89,15 @@ def envs():
     return env0, env1, jax.jit(env0.reset), jax.jit(env1.reset)
 
 
-def test_socket_offset_keeps_the_base_in_place():
-    mp = get_multipart(ASSEMBLY)
-    names = stage_names(ASSEMBLY)
+@pytest.mark.parametrize("name", multipart_names())
+def test_socket_offset_keeps_the_base_in_place(name):
+    mp = get_multipart(name)
     for i in range(mp.num_stages - 1):
-        a = AssemblyEnv.__new__(AssemblyEnv)  # the offset needs only the stage descriptions
-        b = AssemblyEnv.__new__(AssemblyEnv)
-        a.assembly, b.assembly = mp.stage(i), mp.stage(i + 1)
         origin = [np.asarray(mp.parts[j].goal_pos) + [0.0, 0.0, mp.parts[j].depth] for j in (i, i + 1)]
-        np.testing.assert_allclose(next_socket_offset(a, b), origin[1] - origin[0], atol=1e-12)
-        assert a.assembly.name == names[i]
-    a.assembly, b.assembly = mp.stage(0), mp.stage(2)
+        np.testing.assert_allclose(next_socket_offset(mp.stage(i), mp.stage(i + 1)), origin[1] - origin[0],
+                                   atol=1e-12)
     with pytest.raises(ValueError, match="not the stage after"):
-        next_socket_offset(a, b)
+        next_socket_offset(mp.stage(0), mp.stage(2))
 
 
 def test_chained_reset_places_loose_parts_exactly(envs):
@@ -145,7 +141,7 @@ def test_hand_off_from_an_inserted_plug_is_the_assembled_next_stage(envs):
     s0, q0 = jax.vmap(env0.socket_pose)(end0.data)
     s1, q1 = jax.vmap(env1.socket_pose)(state1.data)
     np.testing.assert_allclose(q0, q1)
-    offset = jnp.asarray(next_socket_offset(env0, env1), jnp.float32)
+    offset = jnp.asarray(next_socket_offset(env0.assembly, env1.assembly), jnp.float32)
     np.testing.assert_allclose(s1 - s0, jax.vmap(lambda q: rotate(q, offset))(q0), atol=1e-6)
 
 

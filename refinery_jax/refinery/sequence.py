@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from refinery_jax.assets.parts import TwoPartAssembly
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, StageStart
 from refinery_jax.envs.rotations import rotate
 from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution
@@ -84,9 +85,9 @@ def paper_sequence_table(stage_results: Sequence, methods: Sequence[str] = SEQUE
 # ------------------------------------------------------------------ chained mode
 
 
-def next_socket_offset(env: AssemblyEnv, next_env: AssemblyEnv) -> np.ndarray:
-    """Stage i + 1's socket-body position minus stage i's, in the socket frame (the base is shared)."""
-    a, b = env.assembly, next_env.assembly
+def next_socket_offset(a: TwoPartAssembly, b: TwoPartAssembly) -> np.ndarray:
+    """Stage b's socket-body position minus stage a's, in the socket frame, b the stage after a
+    (`MultiPartAssembly.stage`): the base is shared, so this keeps it in place."""
     if len(b.free_parts) != len(a.free_parts) + 1 or any(
             p.name != q.name for p, q in zip(a.free_parts, b.free_parts)):
         raise ValueError(f"{b.name} is not the stage after {a.name}: its loose parts must be {a.name}'s plus "
@@ -102,7 +103,7 @@ def chain_start(env: AssemblyEnv, next_env: AssemblyEnv, state: EnvState) -> Sta
     fingertip's orientation, origin at the plug tip). Velocities are not carried: the
     next stage starts at rest.
     """
-    offset = jnp.asarray(next_socket_offset(env, next_env), jnp.float32)
+    offset = jnp.asarray(next_socket_offset(env.assembly, next_env.assembly), jnp.float32)
     socket_pos, socket_quat = env.socket_pose(state.data)
     pos, quat = env.loose_part_poses(state.data)
     plug_quat = state.data.xquat[env.fingertip_body]
