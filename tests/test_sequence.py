@@ -5,6 +5,8 @@ two_pin_plate once for the module (stage 0 with no plug yaw noise, so θ = 0 put
 exactly home); the full scripted 3-stage chain runs with -m slow.
 """
 
+from types import SimpleNamespace
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -14,6 +16,8 @@ from refinery_jax.assets.multipart import get_multipart, multipart_names, stage_
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, StageStart
 from refinery_jax.envs.rotations import quat_mul, rotate, yaw_quat
 from refinery_jax.envs.scripted import scripted_action
+from refinery_jax.ppo import ActorCritic, Policy, init_stats
+from refinery_jax.ppo.networks import policy_action
 from refinery_jax.refinery import ComparisonResult, FreshEval, summarize_seeds
 from refinery_jax.refinery.sequence import (
     ChainStage,
@@ -21,6 +25,7 @@ from refinery_jax.refinery.sequence import (
     evaluate_chain,
     next_socket_offset,
     paper_sequence_table,
+    ppo_act,
     sequence_outcomes,
     summarize_sequence,
 )
@@ -75,6 +80,18 @@ def test_paper_table_from_per_stage_comparisons():
         per_seed = (outcomes[0, i] & outcomes[1, i]).mean(axis=1)
         np.testing.assert_allclose(table[m]["sequence"]["per_seed"], per_seed)
         np.testing.assert_allclose(table[m]["stages"][1]["per_seed"], outcomes[1, i].mean(axis=1))
+
+
+def test_ppo_act_is_the_policy_mean_or_a_sample():
+    model = ActorCritic(6, (8,), (8,), "tanh")
+    params = model.init(jax.random.key(0), jnp.zeros(24), jnp.zeros(44))
+    policy = Policy(params=params, obs_stats=init_stats(24))
+    state = SimpleNamespace(obs=jnp.linspace(-1.0, 1.0, 24))
+    key = jax.random.key(1)
+    np.testing.assert_allclose(ppo_act(model, policy)(state, key), policy_action(model, policy, state.obs, key, True))
+    sampled = ppo_act(model, policy, deterministic=False)(state, key)
+    np.testing.assert_allclose(sampled, policy_action(model, policy, state.obs, key, False))
+    assert not np.allclose(sampled, policy_action(model, policy, state.obs, key, True))
 
 
 # ------------------------------------------------------------------ chained reset (MJX)

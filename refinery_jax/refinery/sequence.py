@@ -29,8 +29,7 @@ import numpy as np
 from refinery_jax.assets.parts import TwoPartAssembly
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, StageStart
 from refinery_jax.envs.rotations import rotate
-from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution
-from refinery_jax.ppo.normalization import normalize
+from refinery_jax.ppo.networks import ActorCritic, Policy, policy_action
 from refinery_jax.refinery.stats import summarize_seeds
 
 Act = Callable[[EnvState, jax.Array], jax.Array]  # (state, key) -> action [6]
@@ -115,13 +114,7 @@ def chain_start(env: AssemblyEnv, next_env: AssemblyEnv, state: EnvState) -> Sta
 
 def ppo_act(model: ActorCritic, policy: Policy, obs_clip: float = 5.0, deterministic: bool = True) -> Act:
     """A PPO policy as an `Act`, acting as `evaluation.evaluate` does (mean action by default)."""
-
-    def act(state: EnvState, key: jax.Array) -> jax.Array:
-        mean, log_std = model.apply(policy.params, normalize(policy.obs_stats, state.obs, obs_clip),
-                                    method=ActorCritic.policy)
-        return mean if deterministic else action_distribution(mean, log_std).sample(seed=key)
-
-    return act
+    return lambda state, key: policy_action(model, policy, state.obs, key, deterministic, obs_clip)
 
 
 class ChainStage(NamedTuple):
