@@ -13,3 +13,22 @@ import refinery_jax  # noqa: F401  (sets XLA_FLAGS before JAX initialises)
 from refinery_jax.compile_cache import enable_compile_cache  # noqa: E402
 
 enable_compile_cache()
+
+
+import importlib.util  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def load_script_main():
+    """`load(path) -> main`: an experiment script's `main(argv)`, imported in-process so its
+    argument and directory guards are tested without starting a Python per case."""
+
+    def load(path):
+        spec = importlib.util.spec_from_file_location(path.stem + "_script", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module.main
+
+    return load

@@ -4,7 +4,6 @@ Shares the tiny PPO config and chunk size with tests/test_ppo.py, so the persist
 compilation cache serves the compiled `init` and chunk to both files.
 """
 
-import importlib.util
 import os
 import pathlib
 import subprocess
@@ -116,11 +115,8 @@ def _script(*args, timeout=120):
 
 
 @pytest.fixture(scope="module")
-def script_main():
-    spec = importlib.util.spec_from_file_location("train_specialist", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def script_main(load_script_main):
+    return load_script_main(SCRIPT)
 
 
 def _exit_message(main, *argv):

@@ -295,13 +295,8 @@ def test_script_help():
 
 
 @pytest.fixture(scope="module")
-def script_main():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("refinery_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+def script_main(load_script_main):
+    return load_script_main(SCRIPT)
 
 
 @pytest.mark.parametrize("args,message", [
