@@ -20,7 +20,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -58,34 +57,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    from refinery_jax.refinery.presets import configure
+
+    try:
+        args.configs = configure(args.preset, args.task, args.acquisition, args.selection, args.baseline_updates,
+                                 args.max_rounds, args.eval_trials, args.gmm_inits)
+    except ValueError as error:
+        parser.error(str(error))
     return args
-
-
-def build_configs(args):
-    """(PPO preset, comparison config) after the command-line overrides; exits on bad combinations."""
-    from refinery_jax.ppo.presets import preset
-    from refinery_jax.refinery.presets import comparison_preset
-    from refinery_jax.success_models import DeploymentConfig
-
-    spec = preset(args.preset, args.task)
-    if args.baseline_updates is not None:
-        if args.baseline_updates % spec.chunk_updates:
-            sys.exit(f"error: --baseline-updates must be a multiple of the chunk size {spec.chunk_updates}")
-        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, num_updates=args.baseline_updates))
-    comparison = comparison_preset(args.preset, args.acquisition)
-    finetune = comparison.finetune
-    if args.max_rounds is not None:
-        finetune = dataclasses.replace(finetune, max_rounds=args.max_rounds)
-    comparison = dataclasses.replace(
-        comparison, finetune=finetune,
-        eval_trials=args.eval_trials or comparison.eval_trials, gmm_inits=args.gmm_inits or comparison.gmm_inits,
-        deployment=DeploymentConfig(selection=args.selection))
-    return spec, comparison
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    spec, comparison_config = build_configs(args)
+    spec, comparison_config = args.configs
     resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", "baseline", "stages"))
     t_start = time.time()
     out = args.out
@@ -104,41 +88,29 @@ def main(argv=None) -> None:
 
     enable_compile_cache()  # each program compiles once per machine
 
-    from refinery_jax.checkpoints import config_fingerprint, stage_cache
-    from refinery_jax.refinery.specialists import seed_keys, train_specialists
-    from refinery_jax.evaluation import make_evaluate, save_success_map, success_map
-    from refinery_jax.ppo import default_hyperparams, make_trainer
-    from refinery_jax.refinery import comparison_table, format_table, make_comparison, run_comparison
+    from refinery_jax.checkpoints import config_fingerprint
+    from refinery_jax.evaluation import save_success_map, success_map
+    from refinery_jax.refinery import format_table
     from refinery_jax.refinery import plots
+    from refinery_jax.refinery.experiment import refine_task
     from refinery_jax.refinery.results_io import RunData, add_success_map, pack_arrays, save_run
+    from refinery_jax.refinery.specialists import seed_keys
 
     config = spec.config
-    if config.imitation is not None:
-        sys.exit("error: this preset uses the imitation reward; refinery.py trains specialists without demos "
-                 "(train them with train_specialist.py) — use --preset quick")
     seeds = list(range(args.seeds))
     run_id = {"fingerprint": config_fingerprint((config, spec, comparison_config, seeds)), "task": args.task,
               "preset": args.preset, "seeds": seeds}
-    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()},
+    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()
+                                                                    if k != "configs"},
                                                  "ppo": dataclasses.asdict(config),
                                                  "comparison": dataclasses.asdict(comparison_config)},
                                                 indent=2, default=str))
 
     k_train, k_compare, k_maps = seed_keys(seeds)
-    trainer = make_trainer(config)
+    run = refine_task(spec, comparison_config, k_train, k_compare, out, run_id, resume, progress)
+    trainer, evaluate, state, result, table = run
     env = trainer.env
-    hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
-    state = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / "baseline", run_id, resume,
-                              progress)
-
-    # --- the comparison ---------------------------------------------------------------------------------
-    evaluate = make_evaluate(env, trainer.model, obs_clip=config.obs_clip)
-    comparison = make_comparison(comparison_config, trainer, evaluate)
-
-    cache = stage_cache(out / "stages", run_id, resume, progress)
-    result = run_comparison(comparison, trainer, k_compare, state, progress=progress, cache=cache)
     low, high = env.init_low, env.init_high
-    table = comparison_table(result, low, high, comparison_config.cells)
     progress("results (fresh trials per row: %d)\n%s" % (comparison_config.eval_trials, format_table(table)))
 
     # --- arrays for the notebook, figures ---------------------------------------------------------------

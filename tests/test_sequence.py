@@ -5,6 +5,10 @@ two_pin_plate once for the module (stage 0 with no plug yaw noise, so θ = 0 put
 exactly home); the full scripted 3-stage chain runs with -m slow.
 """
 
+import json
+import pathlib
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import jax
@@ -15,14 +19,21 @@ import pytest
 from refinery_jax.assets.multipart import get_multipart, multipart_names, stage_names
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, StageStart
 from refinery_jax.envs.rotations import quat_mul, rotate, yaw_quat
+from refinery_jax.envs.samplers import uniform_box
 from refinery_jax.envs.scripted import scripted_action
 from refinery_jax.ppo import ActorCritic, Policy, init_stats
 from refinery_jax.ppo.networks import policy_action
 from refinery_jax.refinery import ComparisonResult, FreshEval, summarize_seeds
+from refinery_jax.success_models import DeploymentConfig
 from refinery_jax.refinery.sequence import (
     ChainStage,
     chain_start,
-    evaluate_chain,
+    chain_inits,
+    chained_summary,
+    fit_joint_model,
+    format_sequence_table,
+    joint_sampler,
+    make_chain_evaluator,
     next_socket_offset,
     paper_sequence_table,
     ppo_act,
@@ -88,8 +99,8 @@ def test_ppo_act_is_the_policy_mean_or_a_sample():
     policy = Policy(params=params, obs_stats=init_stats(24))
     state = SimpleNamespace(obs=jnp.linspace(-1.0, 1.0, 24))
     key = jax.random.key(1)
-    np.testing.assert_allclose(ppo_act(model, policy)(state, key), policy_action(model, policy, state.obs, key, True))
-    sampled = ppo_act(model, policy, deterministic=False)(state, key)
+    np.testing.assert_allclose(ppo_act(model)(policy, state, key), policy_action(model, policy, state.obs, key, True))
+    sampled = ppo_act(model, deterministic=False)(policy, state, key)
     np.testing.assert_allclose(sampled, policy_action(model, policy, state.obs, key, False))
     assert not np.allclose(sampled, policy_action(model, policy, state.obs, key, True))
 
@@ -165,10 +176,11 @@ def test_hand_off_from_an_inserted_plug_is_the_assembled_next_stage(envs):
 def test_evaluate_chain_pads_batches_and_hands_off(envs):
     """Two stages, two control steps of zero action, N = 3 in batches of 2 (one padded)."""
     env0, env1, _, _ = envs
-    still = lambda state, key: jnp.zeros(6)  # noqa: E731
+    still = lambda scale, state, key: scale * jnp.ones(6)  # noqa: E731  (params: an action scale)
     stages = [ChainStage(env0, still, steps=2), ChainStage(env1, still, steps=2)]
     inits = jnp.stack([jnp.zeros((3, 3)), jnp.broadcast_to(jnp.asarray(env1.init_high), (3, 3))])
-    out = evaluate_chain(stages, jax.random.key(1), inits, batch_size=2)
+    evaluate_chain = make_chain_evaluator(stages, batch_size=2)
+    out = evaluate_chain([0.0, 0.0], jax.random.key(1), inits)
     assert out.stage_success.shape == out.displacement.shape == (2, 3) and out.sequence_success.shape == (3,)
     np.testing.assert_array_equal(out.sequence_success, out.stage_success.all(axis=0))
     assert out.stage_success[0].all()      # θ = 0: stage 0's plug starts home and the hand holds it there
@@ -176,17 +188,164 @@ def test_evaluate_chain_pads_batches_and_hands_off(envs):
     assert np.all(out.displacement[0] == 0.0)  # stage 0 has no loose parts
     assert np.max(out.displacement[1]) < 2e-4, out.displacement  # pin 0 released where it was inserted
     with pytest.raises(ValueError, match="inits must be"):
-        evaluate_chain(stages, jax.random.key(1), inits[:1])
+        evaluate_chain([0.0, 0.0], jax.random.key(1), inits[:1])
+    with pytest.raises(ValueError, match="one params entry per stage"):
+        evaluate_chain([0.0], jax.random.key(1), inits)
+    # params are arguments, not constants: another value reuses the compiled stages and acts differently
+    pushed = evaluate_chain([1.0, 0.0], jax.random.key(1), inits)  # stage 0's hand lifts its plug out
+    assert not pushed.stage_success[0].any()
 
 
 @pytest.mark.slow
 def test_scripted_chain_assembles_two_pin_plate():
     """The privileged script inserts all three stages in a chain; pins stay within 1 mm."""
     envs = [AssemblyEnv(EnvConfig(task=t)) for t in stage_names(ASSEMBLY)]
-    stages = [ChainStage(env, (lambda e: lambda s, k: scripted_action(e, s))(env), steps=150) for env in envs]
+    stages = [ChainStage(env, (lambda e: lambda p, s, k: scripted_action(e, s))(env), steps=150) for env in envs]
     n = 4
     inits = jnp.stack([jnp.broadcast_to(jnp.array([0.0, 0.0, e.assembly.depth + 0.015]), (n, 3)) for e in envs])
-    out = evaluate_chain(stages, jax.random.key(0), inits, batch_size=2)  # two batches: one compile per stage
+    evaluate_chain = make_chain_evaluator(stages, batch_size=2)  # two batches: one compile per stage
+    out = evaluate_chain([None] * len(stages), jax.random.key(0), inits)
     assert out.stage_success.shape == (3, n) and out.sequence_success.shape == (n,)
     assert out.sequence_success.all(), out
     assert np.max(out.displacement[1:]) < 1e-3, out.displacement
+
+
+# ------------------------------------------------------------------ chained summaries, Table I, joint selection
+
+
+def test_chained_summary_by_hand():
+    s = np.array([[[1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]]], bool)  # 1 seed, 3 stages, 4 chained trials
+    disp = np.zeros((1, 3, 4))
+    disp[0, 2] = [0.001, 0.002, 0.0, 0.004]  # m
+    out = chained_summary(s, s.all(axis=1), disp)
+    np.testing.assert_allclose(out["conditional_per_stage"], [0.75, 2 / 3, 0.5])  # among trials that got there
+    np.testing.assert_allclose(out["reached_per_stage"], [1.0, 0.75, 0.5])
+    assert out["sequence"]["per_seed"] == [0.25]
+    assert out["displacement_mm"][0] == {"mean": 0.0, "p95": 0.0, "max": 0.0}
+    assert out["displacement_mm"][2]["max"] == pytest.approx(4.0) and out["displacement_mm"][2]["mean"] == pytest.approx(1.75)
+    nobody = chained_summary(np.zeros((1, 2, 3), bool), np.zeros((1, 3), bool), np.zeros((1, 2, 3)))
+    assert np.isnan(nobody["conditional_per_stage"][1])
+
+
+def test_sequence_table_text_and_figure(tmp_path):
+    from refinery_jax.refinery.plots import plot_sequence
+
+    rng = np.random.default_rng(1)
+    s = rng.random((2, 3, 50)) < 0.8
+    paper = {m: summarize_sequence(s) for m in ("baseline", "refinery")}
+    chained = {m: chained_summary(s, s.all(axis=1), np.zeros(s.shape)) for m in ("baseline", "refinery", "refinery_joint")}
+    text = format_sequence_table(paper, chained).splitlines()
+    assert text[0].split() == ["method", "stage", "1", "stage", "2", "stage", "3", "seq", "paper", "seq", "chain"]
+    assert [line.split()[0] for line in text[1:]] == ["baseline", "refinery", "refinery_joint"]
+    assert text[3].split()[-2] == "-"  # the joint selection has no paper-mode row
+    assert float(text[1].split()[-2]) == pytest.approx(paper["baseline"]["sequence"]["success_mean"], abs=5e-4)
+    path = plot_sequence(paper, chained, tmp_path / "sequence.png", title="test")
+    assert (tmp_path / "sequence.png").stat().st_size > 1000 and path.endswith("sequence.png")
+
+
+@pytest.fixture(scope="module")
+def diagonal_chains():
+    """Two stages with θ in different boxes (x ∈ ±1 cm about 0 and 10 cm); a chain succeeds iff
+    its stages' θ_x lie on opposite sides (beyond 4 mm): each stage alone has two equally good
+    regions, only the pair says which goes with which."""
+    lows = [np.array([-0.01, -0.01, 0.0], np.float32), np.array([0.09, -0.01, 0.0], np.float32)]
+    highs = [lo + np.array([0.02, 0.02, 0.01], np.float32) for lo in lows]
+    inits = chain_inits(jax.random.key(0), [uniform_box(lo, hi) for lo, hi in zip(lows, highs)], 2000)
+    return lows, highs, inits, crossed(inits[0, :, 0], inits[1, :, 0])
+
+
+def crossed(x0, x1):
+    x0, x1 = np.asarray(x0), np.asarray(x1) - 0.1
+    return ((x0 < -0.004) & (x1 > 0.004)) | ((x0 > 0.004) & (x1 < -0.004))
+
+
+def test_joint_selection_finds_what_independent_stages_cannot(diagonal_chains):
+    from refinery_jax.refinery.deployment import fit_success_model
+
+    lows, highs, inits, success = diagonal_chains
+    assert inits.shape == (2, 2000, 3) and 0.1 < success.mean() < 0.26
+    model = fit_joint_model(jax.random.key(1), inits, success)
+    assert bool(model.usable) and int(model.num_successes) == success.sum()
+    pick = DeploymentConfig(selection="random")  # a GMM sample each (argmax would pick one mode per stage)
+    sample = joint_sampler(model, lows, highs, pick)
+    chosen = np.asarray(jax.vmap(sample)(jax.random.split(jax.random.key(2), 300)))  # [300, K, 3]
+    assert chosen.shape == (300, 2, 3)
+    for k in range(2):  # stage order kept: each stage's θ in its own box
+        assert np.all(chosen[:, k] >= lows[k] - 1e-7) and np.all(chosen[:, k] <= highs[k] + 1e-7)
+    joint_rate = crossed(chosen[:, 0, 0], chosen[:, 1, 0]).mean()
+    # independent per-stage GMMs (each fitted on its stage's θ of the successful chains) pick each stage alone
+    singles = [fit_success_model(jax.random.key(3 + k), inits[k], success) for k in range(2)]
+    from refinery_jax.refinery.deployment import deployment_sampler
+
+    alone = chain_inits(jax.random.key(4), [deployment_sampler(m, lo, hi, pick) for m, lo, hi in
+                                            zip(singles, lows, highs)], 300)
+    independent_rate = crossed(alone[0, :, 0], alone[1, :, 0]).mean()  # about 1/2: right sides by chance
+    assert joint_rate > 0.8 and independent_rate < 0.65, (joint_rate, independent_rate)
+
+
+def test_joint_model_needs_more_successes_than_dimensions(diagonal_chains):
+    lows, highs, inits, success = diagonal_chains
+    few = np.zeros_like(success)
+    few[np.flatnonzero(success)[:6]] = True  # 6 successes < 3K + 1 = 7
+    model = fit_joint_model(jax.random.key(1), inits, few)
+    assert not bool(model.usable)
+    chosen = np.asarray(jax.vmap(joint_sampler(model, lows, highs))(jax.random.split(jax.random.key(2), 500)))
+    assert chosen[:, 1, 0].std() > 0.8 * 0.02 / np.sqrt(12)  # the uniform fallback, not a point
+
+
+# ------------------------------------------------------------------ experiments/sequence.py
+
+SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "sequence.py"
+
+
+@pytest.fixture(scope="module")
+def sequence_main(load_script_main):
+    return load_script_main(SCRIPT)
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--assembly", "nope"), "unknown assembly 'nope'"),
+    (("--assembly", ASSEMBLY, "--seeds", "0"), "--seeds must be positive"),
+    (("--assembly", ASSEMBLY, "--baseline-updates", "7"), "multiple of the chunk size"),
+    (("--assembly", ASSEMBLY, "--init-from", "/nonexistent"), "holds no specialists"),
+    (("--assembly", ASSEMBLY, "--all"), "not allowed with argument"),
+    ((), "one of the arguments --assembly --all is required"),
+])
+def test_sequence_script_rejects_bad_arguments(sequence_main, capsys, tmp_path, args, message):
+    with pytest.raises(SystemExit) as exc:
+        sequence_main(["--out", str(tmp_path / "run"), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sequence_script_never_overwrites_a_finished_run(sequence_main, tmp_path):
+    (tmp_path / "results.json").write_text("{}")
+    with pytest.raises(SystemExit) as exc:
+        sequence_main(["--assembly", ASSEMBLY, "--out", str(tmp_path)])
+    assert "finished run" in str(exc.value.code)
+    assert (tmp_path / "results.json").read_text() == "{}"
+
+
+@pytest.mark.slow
+def test_sequence_script_end_to_end_and_resume(tmp_path):
+    """two_pin_plate (3 stages) on a tiny budget: per-stage tables, both sequence modes, the joint
+    row, the figure; --resume after losing results.json restores every stage and chained row."""
+    out = tmp_path / "run"
+    args = [sys.executable, str(SCRIPT), "--assembly", ASSEMBLY, "--seeds", "2", "--out", str(out),
+            "--baseline-updates", "10", "--max-rounds", "2", "--eval-trials", "16", "--gmm-inits", "16"]
+    first = subprocess.run(args, capture_output=True, text=True, timeout=3600, cwd=SCRIPT.parents[1])
+    assert first.returncode == 0, first.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert results["stages"] == list(stage_names(ASSEMBLY)) and len(results["per_stage"]) == 3
+    assert set(results["paper"]) == {"baseline", "deployment", "finetune", "refinery"}
+    assert set(results["chained"]) == {"baseline", "deployment", "finetune", "refinery", "refinery_joint"}
+    for row in results["chained"].values():
+        assert len(row["stages"]) == 3 and len(row["sequence"]["per_seed"]) == 2
+        assert row["sequence"]["success_mean"] <= min(s["success_mean"] for s in row["stages"]) + 1e-9
+    assert pathlib.Path(results["figure"]).exists() and (out / "table.txt").exists()
+    (out / "results.json").rename(tmp_path / "first.json")
+    again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=3600, cwd=SCRIPT.parents[1])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "restored chain_fresh_refinery_joint" in again.stdout and "restored finetune" in again.stdout
+    second = json.loads((out / "results.json").read_text())
+    assert second["chained"] == results["chained"] and second["paper"] == results["paper"]

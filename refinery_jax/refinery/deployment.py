@@ -6,8 +6,8 @@ starts from the one of highest density (`DeploymentConfig(selection="argmax")`, 
 paper) or from a random one (`"random"`, what Refinery's public code does). The
 result is a reset distribution `key -> init`, so `evaluate` and PPO take it as is.
 
-With fewer than `MIN_SUCCESSES` successful θ a full-covariance mixture is not
-defined; the sampler then falls back to the uniform box (and says so through
+With fewer than d + 1 successful θ (`MIN_SUCCESSES` = 4 for θ in 3-D) a
+full-covariance mixture is not defined; the sampler then falls back to the uniform box (and says so through
 `DeploymentModel.usable`).
 """
 
@@ -46,13 +46,15 @@ def fit_deployment(key: jax.Array, evaluate: Callable, policy, low, high, num_in
 
 def fit_success_model(key: jax.Array, inits: jax.Array, success: jax.Array,
                       gmm_config: GMMConfig = GMMConfig()) -> DeploymentModel:
-    """Algorithm 2, line 4: the GMM of the successful θ among evaluated `inits` [N, 3]."""
+    """Algorithm 2, line 4: the GMM of the successful θ among evaluated `inits` [N, d] (d = 3 per
+    stage; `sequence.fit_joint_model` uses whole chains). Usable with at least d + 1 successes."""
     count = jnp.sum(success).astype(jnp.int32)
+    enough = count >= inits.shape[1] + 1
     # fit on the successes; when there are too few, fit on all θ only so the arrays stay finite
-    weights = jnp.where(count >= MIN_SUCCESSES, success.astype(jnp.float32), 1.0)
+    weights = jnp.where(enough, success.astype(jnp.float32), 1.0)
     gmm = fit_success_gmm(key, inits, weights, gmm_config)
     return DeploymentModel(gmm=gmm, fit_inits=inits, fit_success=success, num_successes=count,
-                           usable=count >= MIN_SUCCESSES)
+                           usable=enough)
 
 
 def deployment_sampler(model: DeploymentModel, low, high, config: DeploymentConfig = DeploymentConfig()) -> Sampler:

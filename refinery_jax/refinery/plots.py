@@ -174,3 +174,31 @@ def draw_run_figures(run, directory, task: str = "", seed: int = 0) -> dict:
     figures["comparison"] = plot_table(run.results["methods"], directory / "comparison.png",
                                        title=f"{task}, {len(a['rounds'])} seed(s)")
     return figures
+
+
+def plot_sequence(paper: dict, chained: dict, path, title: str = ""):
+    """Like the paper's Fig. 5: per method, success of each stage (paper mode, its own starts) and
+    of the whole sequence in the paper's and the chained mode, with 95 % intervals."""
+    plt = _pyplot()
+    methods = list(dict.fromkeys(list(paper) + list(chained)))
+    stages = len((paper or chained)[methods[0]]["stages"])
+    groups = [f"stage {k + 1}" for k in range(stages)] + ["sequence\n(paper)", "sequence\n(chained)"]
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(1.3 * len(groups) + 2, 4))
+    for i, m in enumerate(methods):
+        rows = [paper[m]["stages"][k] if m in paper else None for k in range(stages)]
+        rows += [paper[m]["sequence"] if m in paper else None, chained[m]["sequence"] if m in chained else None]
+        x = np.arange(len(groups)) + (i - (len(methods) - 1) / 2) * width
+        means = np.array([r["success_mean"] if r else np.nan for r in rows])
+        err = np.array([[r["success_mean"] - r["ci95_low"], r["ci95_high"] - r["success_mean"]] if r else [0, 0]
+                        for r in rows]).T
+        ax.bar(x, means, width, yerr=err, capsize=2, label=m)
+    ax.set_xticks(np.arange(len(groups)), groups)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("success (fresh trials)")
+    ax.set_title(title)
+    ax.legend(fontsize=8, ncol=min(len(methods), 5), loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return str(path)

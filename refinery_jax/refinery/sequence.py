@@ -9,7 +9,7 @@ Chained mode: stage i + 1 starts from the physical end state of stage i. The plu
 stage i is released where the hand left it and becomes stage i + 1's last loose part;
 the earlier loose parts keep their end-of-stage poses; the base stays where it was
 (`chain_start` turns stage i's final `EnvState` into stage i + 1's `StageStart`).
-`evaluate_chain` runs one policy per stage that way.
+`make_chain_evaluator` runs one policy per stage that way.
 
 Frames: stage i's socket frame sits at part i's goal raised by its depth, so the socket
 body of consecutive stages differs by a fixed offset in the base frame. It follows from
@@ -29,10 +29,13 @@ import numpy as np
 from refinery_jax.assets.parts import TwoPartAssembly
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, StageStart
 from refinery_jax.envs.rotations import rotate
-from refinery_jax.ppo.networks import ActorCritic, Policy, policy_action
+from refinery_jax.envs.samplers import uniform_box
+from refinery_jax.ppo.networks import ActorCritic, policy_action
+from refinery_jax.refinery.deployment import DeploymentModel, deployment_sampler, fit_success_model
 from refinery_jax.refinery.stats import summarize_seeds
+from refinery_jax.success_models import DeploymentConfig, GMMConfig
 
-Act = Callable[[EnvState, jax.Array], jax.Array]  # (state, key) -> action [6]
+Act = Callable[[object, EnvState, jax.Array], jax.Array]  # (params, state, key) -> action [6]
 
 # ------------------------------------------------------------------ paper mode (pure numpy)
 
@@ -112,9 +115,10 @@ def chain_start(env: AssemblyEnv, next_env: AssemblyEnv, state: EnvState) -> Sta
                       part_quat=jnp.concatenate([quat, plug_quat[None]]))
 
 
-def ppo_act(model: ActorCritic, policy: Policy, obs_clip: float = 5.0, deterministic: bool = True) -> Act:
-    """A PPO policy as an `Act`, acting as `evaluation.evaluate` does (mean action by default)."""
-    return lambda state, key: policy_action(model, policy, state.obs, key, deterministic, obs_clip)
+def ppo_act(model: ActorCritic, obs_clip: float = 5.0, deterministic: bool = True) -> Act:
+    """A PPO policy network as an `Act` (params: a `Policy`), acting as `evaluation.evaluate` does
+    (the mean action by default)."""
+    return lambda policy, state, key: policy_action(model, policy, state.obs, key, deterministic, obs_clip)
 
 
 class ChainStage(NamedTuple):
@@ -133,13 +137,13 @@ def _stage_runner(stage: ChainStage):
     env, act = stage.env, stage.act
     steps = env.config.episode_steps if stage.steps is None else stage.steps
 
-    def episode(key, init, start):
+    def episode(params, key, init, start):
         k_reset, k_act = jax.random.split(key)
         state = env.reset(k_reset, init, start)
 
         def body(carry, k):
             state, alive, moved = carry
-            state = env.step(state, act(state, k))
+            state = env.step(state, act(params, state, k))
             moved = jnp.maximum(moved, env.prior_part_displacement(state.data))
             return (state, alive & ~state.terminated, moved), None
 
@@ -150,45 +154,204 @@ def _stage_runner(stage: ChainStage):
     return episode
 
 
-def evaluate_chain(stages: Sequence[ChainStage], key: jax.Array, inits, batch_size: int = 256) -> ChainResult:
-    """Run N chained trials of a K-stage sequence: inits [K, N, 3] (each stage's θ).
+ChainEvaluator = Callable[[Sequence, jax.Array, jax.Array], ChainResult]  # (params per stage, key, inits [K, N, 3])
 
-    Stage 0 starts as usual (socket pose from the key, no loose parts or assembled ones);
-    stage k + 1 starts from stage k's end state (`chain_start`), whether or not stage k
-    succeeded, so `stage_success` beyond a failure measures a stage on a spoiled start.
-    Each stage is jitted once (its own environment and shapes), vmapped over a batch of
-    `batch_size` trials (N is padded to whole batches: one compiled shape per stage).
-    Displacement is measured against the assembled poses in the shared base frame, so it
-    includes what earlier stages left behind (a plug not fully home counts).
+
+def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) -> ChainEvaluator:
+    """`evaluate(params, key, inits)`: N chained trials of a K-stage sequence.
+
+    params: one pytree per stage, passed to that stage's `act` (e.g. a `Policy`; None for
+    a script). inits: [K, N, 3], each stage's θ. Stage 0 starts as usual (socket pose
+    from the key, no loose parts); stage k + 1 starts from stage k's end state
+    (`chain_start`) whether or not stage k succeeded, so `stage_success` beyond a failure
+    measures a stage on a spoiled start. Each stage is jitted once, here, and vmapped
+    over batches of `batch_size` trials (N is padded to whole batches), so calls with
+    other params or θ reuse the compiled programs. Displacement is measured against the
+    assembled poses in the shared base frame, so it includes what earlier stages left
+    behind (a plug not fully home counts).
     """
-    inits = jnp.asarray(inits, jnp.float32)
-    if inits.ndim != 3 or inits.shape[0] != len(stages) or inits.shape[2] != 3:
-        raise ValueError(f"inits must be [{len(stages)}, N, 3], got shape {inits.shape}")
-    n = inits.shape[1]
-    batch = min(batch_size, n)
-    pad = -n % batch
-    inits = jnp.concatenate([inits, inits[:, :pad]], axis=1)
-    keys = jax.vmap(lambda k: jax.random.split(k, n + pad))(jax.random.split(key, len(stages)))  # [K, N + pad]
-
     runs, hand_offs = [], []
     for k, stage in enumerate(stages):
         episode = _stage_runner(stage)
-        runs.append(jax.jit(jax.vmap(lambda kk, i, st, ep=episode: ep(kk, i, st))) if k
-                    else jax.jit(jax.vmap(lambda kk, i, ep=episode: ep(kk, i, None))))
+        if k == 0:
+            runs.append(jax.jit(jax.vmap(lambda p, kk, i, ep=episode: ep(p, kk, i, None), in_axes=(None, 0, 0))))
+        else:
+            runs.append(jax.jit(jax.vmap(episode, in_axes=(None, 0, 0, 0))))
         if k + 1 < len(stages):
             env, nxt = stage.env, stages[k + 1].env
             hand_offs.append(jax.jit(jax.vmap(lambda s, env=env, nxt=nxt: chain_start(env, nxt, s))))
 
-    success, moved = [[] for _ in stages], [[] for _ in stages]
-    for b in range(0, n + pad, batch):
-        start = None
-        for k in range(len(stages)):
-            args = (keys[k, b: b + batch], inits[k, b: b + batch]) + ((start,) if k else ())
-            state, ok, disp = runs[k](*args)
-            success[k].append(np.asarray(ok))
-            moved[k].append(np.asarray(disp))
-            if k + 1 < len(stages):
-                start = hand_offs[k](state)
-    stage_success = np.stack([np.concatenate(s)[:n] for s in success])
-    return ChainResult(stage_success=stage_success, sequence_success=sequence_outcomes(stage_success),
-                       displacement=np.stack([np.concatenate(m)[:n] for m in moved]))
+    def evaluate(params: Sequence, key: jax.Array, inits) -> ChainResult:
+        inits = jnp.asarray(inits, jnp.float32)
+        if inits.ndim != 3 or inits.shape[0] != len(stages) or inits.shape[2] != 3:
+            raise ValueError(f"inits must be [{len(stages)}, N, 3], got shape {inits.shape}")
+        if len(params) != len(stages):
+            raise ValueError(f"need one params entry per stage ({len(stages)}), got {len(params)}")
+        n = inits.shape[1]
+        batch = min(batch_size, n)
+        pad = -n % batch
+        inits = jnp.concatenate([inits, inits[:, :pad]], axis=1)
+        keys = jax.vmap(lambda k: jax.random.split(k, n + pad))(jax.random.split(key, len(stages)))  # [K, N + pad]
+        success, moved = [[] for _ in stages], [[] for _ in stages]
+        for b in range(0, n + pad, batch):
+            start = None
+            for k in range(len(stages)):
+                args = (params[k], keys[k, b: b + batch], inits[k, b: b + batch]) + ((start,) if k else ())
+                state, ok, disp = runs[k](*args)
+                success[k].append(np.asarray(ok))
+                moved[k].append(np.asarray(disp))
+                if k + 1 < len(stages):
+                    start = hand_offs[k](state)
+        stage_success = np.stack([np.concatenate(s)[:n] for s in success])
+        return ChainResult(stage_success=stage_success, sequence_success=sequence_outcomes(stage_success),
+                           displacement=np.stack([np.concatenate(m)[:n] for m in moved]))
+
+    return evaluate
+
+
+# ------------------------------------------------------------------ joint deployment selection
+
+
+def chain_inits(key: jax.Array, samplers: Sequence[Callable], n: int) -> jax.Array:
+    """[K, n, 3] θ, stage k's drawn from `samplers[k]` (`key -> θ`), independently."""
+    keys = jax.random.split(key, len(samplers))
+    return jnp.stack([jax.vmap(s)(jax.random.split(k, n)) for s, k in zip(samplers, keys)])
+
+
+def fit_joint_model(key: jax.Array, inits, sequence_success, gmm_config: GMMConfig = GMMConfig()) -> DeploymentModel:
+    """Algorithm 2 on whole chains: a GMM over the concatenated θ [N, 3K] of the chained
+    trials (inits [K, N, 3]) whose every stage succeeded. It captures how one stage's start
+    changes the next stage's odds (through the end state it hands over), which
+    per-stage GMMs cannot."""
+    inits = jnp.asarray(inits, jnp.float32)
+    flat = jnp.moveaxis(inits, 0, 1).reshape(inits.shape[1], -1)
+    return fit_success_model(key, flat, jnp.asarray(sequence_success, bool), gmm_config)
+
+
+def joint_sampler(model: DeploymentModel, lows, highs, config: DeploymentConfig = DeploymentConfig()) -> Callable:
+    """`key -> θ [K, 3]`: one chain's starts, the highest-density of M joint-GMM samples
+    (per `config`), inside every stage's box; uniform when the model is not usable."""
+    lows, highs = np.concatenate([np.asarray(l, np.float32) for l in lows]), np.concatenate(
+        [np.asarray(h, np.float32) for h in highs])
+    sample = deployment_sampler(model, lows, highs, config)
+    return lambda key: sample(key).reshape(-1, 3)
+
+
+# ------------------------------------------------------------------ chained-mode summaries and Table I
+
+
+def chained_summary(stage_success, sequence_success, displacement) -> dict:
+    """Chained trials of one method, [S, K, N] / [S, N] / [S, K, N] (m) → `summarize_sequence`
+    plus what limits the chain: stage k's success among trials whose stages < k all
+    succeeded (`conditional_per_stage`, pooled over seeds; NaN when none reached it) and the
+    loose parts' largest displacement per stage (mm: mean, 95th percentile, max)."""
+    stage_success = np.asarray(stage_success, bool)
+    out = summarize_sequence(stage_success, sequence_success)
+    # trial j reached stage k iff stages < k all succeeded
+    reached = np.concatenate([np.ones_like(stage_success[:, :1]), np.logical_and.accumulate(stage_success, axis=1)[:, :-1]],
+                             axis=1)
+    conditional = [float(stage_success[:, k][reached[:, k]].mean()) if reached[:, k].any() else float("nan")
+                   for k in range(stage_success.shape[1])]
+    mm = 1000.0 * np.asarray(displacement, np.float64)
+    out["conditional_per_stage"] = conditional
+    out["reached_per_stage"] = reached.mean(axis=(0, 2)).tolist()
+    out["displacement_mm"] = [{"mean": float(d.mean()), "p95": float(np.percentile(d, 95)), "max": float(d.max())}
+                              for d in np.moveaxis(mm, 1, 0).reshape(mm.shape[1], -1)]
+    return out
+
+
+def format_sequence_table(paper: dict, chained: dict) -> str:
+    """Table I of the paper, extended: per method, stage success and sequence success in both modes."""
+    methods = list(dict.fromkeys(list(paper) + list(chained)))
+    any_row = (paper or chained)[methods[0]]
+    stages = len(any_row["stages"])
+    head = f"{'method':<16}" + "".join(f"{'stage ' + str(k + 1):>9}" for k in range(stages))
+    lines = [head + f"{'seq paper':>11}{'seq chain':>11}"]
+    for m in methods:
+        row = paper.get(m) or chained[m]
+        cells = "".join(f"{s['success_mean']:9.3f}" for s in row["stages"])
+        seq = lambda t: f"{t[m]['sequence']['success_mean']:11.3f}" if m in t else f"{'-':>11}"  # noqa: E731
+        lines.append(f"{m:<16}{cells}{seq(paper)}{seq(chained)}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ chained rows of the sequence experiment
+
+CHAINED_METHODS = SEQUENCE_METHODS + ("refinery_joint",)
+CHAIN_STREAMS = tuple(f"fresh_{m}" for m in CHAINED_METHODS) + ("fit_joint",)
+
+
+def _seed(tree, s: int):
+    return jax.tree.map(lambda a: a[s], tree)
+
+
+def _stacked(results: Sequence[ChainResult]) -> ChainResult:
+    return ChainResult(*(np.stack(field) for field in zip(*results)))
+
+
+def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array, trials: int, fit_trials: int,
+                deployment: DeploymentConfig = DeploymentConfig(), gmm: GMMConfig = GMMConfig(),
+                cache: Optional[Callable] = None, progress: Callable = print) -> tuple[dict, list]:
+    """The chained rows for S seeds: {method: ChainResult with leading [S]}, and the joint models.
+
+    stage_runs: one `experiment.TaskRun` per stage (its specialists, BO fine-tuned
+    policies and per-stage deployment GMMs). evaluate: `make_chain_evaluator` of the
+    stages with `ppo_act`. keys: [S], one per seed, split into `CHAIN_STREAMS`.
+
+    Methods: baseline / finetune (their policies, uniform θ at every stage), deployment /
+    refinery (θ from each stage's own GMM, chosen independently), and refinery_joint: the
+    fine-tuned policies with θ of whole chains from `fit_joint_model`, fitted on
+    `fit_trials` chained trials drawn from the per-stage GMMs (so more chains succeed than
+    under uniform θ); it is compared with refinery, the independent selection, on fresh trials.
+    cache(name, compute, like): as in `run_comparison`.
+    """
+    cache = cache or (lambda name, compute, like: compute())
+    seeds, stages = keys.shape[0], len(stage_runs)
+    streams = [dict(zip(CHAIN_STREAMS, jax.random.split(k, len(CHAIN_STREAMS)))) for k in keys]
+    policies = {"baseline": [jax.vmap(r.trainer.policy)(r.baseline) for r in stage_runs],
+                "finetuned": [jax.vmap(r.trainer.policy)(r.result.finetune.train) for r in stage_runs]}
+    boxes = [(r.trainer.env.init_low, r.trainer.env.init_high) for r in stage_runs]
+
+    def samplers(which, s):
+        if which is None:
+            return [uniform_box(lo, hi) for lo, hi in boxes]
+        return [deployment_sampler(_seed(r.result.deployment[which], s), lo, hi, deployment)
+                for r, (lo, hi) in zip(stage_runs, boxes)]
+
+    def like(n):
+        return lambda: ChainResult(jnp.zeros((seeds, stages, n), bool), jnp.zeros((seeds, n), bool),
+                                   jnp.zeros((seeds, stages, n), jnp.float32))
+
+    def rows(name, policy_set, draw, n):
+        """Chained trials per seed: draw(key, s) -> θ [K, n, 3]."""
+        def compute():
+            out = []
+            for s in range(seeds):
+                k_inits, k_eval = jax.random.split(streams[s][name])
+                out.append(evaluate([_seed(p, s) for p in policies[policy_set]], k_eval, draw(k_inits, s)))
+            return _stacked(out)
+
+        progress(f"[chained {name}]")
+        return cache(f"chain_{name}", compute, like(n))
+
+    independent = lambda which: lambda key, s: chain_inits(key, samplers(which, s), trials)  # noqa: E731
+    out = {"baseline": rows("fresh_baseline", "baseline", independent(None), trials),
+           "deployment": rows("fresh_deployment", "baseline", independent("baseline"), trials),
+           "finetune": rows("fresh_finetune", "finetuned", independent(None), trials),
+           "refinery": rows("fresh_refinery", "finetuned", independent("finetuned"), trials)}
+
+    fit_draw = lambda key, s: chain_inits(key, samplers("finetuned", s), fit_trials)  # noqa: E731
+    fit = rows("fit_joint", "finetuned", fit_draw, fit_trials)
+    models = []
+    for s in range(seeds):  # the inits of the fitting trials, redrawn from their key
+        k_inits = jax.random.split(streams[s]["fit_joint"])[0]
+        k_gmm = jax.random.fold_in(streams[s]["fit_joint"], 1)
+        models.append(fit_joint_model(k_gmm, fit_draw(k_inits, s), fit.sequence_success[s], gmm))
+    lows, highs = zip(*boxes)
+
+    def joint_draw(key, s):
+        sample = joint_sampler(models[s], lows, highs, deployment)
+        return jnp.moveaxis(jax.vmap(sample)(jax.random.split(key, trials)), 0, 1)  # [K, n, 3]
+
+    out["refinery_joint"] = rows("fresh_refinery_joint", "finetuned", joint_draw, trials)
+    return out, models

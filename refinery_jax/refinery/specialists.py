@@ -2,6 +2,7 @@
 
 Shared by the Refinery experiments. Seed s's keys come from `jax.random.key(s)`:
 split 3 ways into (specialist training, everything after it, figures).
+`load_specialists` reads the specialists of a finished run (to warm-start others).
 """
 
 from __future__ import annotations
@@ -18,25 +19,40 @@ from refinery_jax.ppo.config import PPOHyperparams
 from refinery_jax.ppo.train import Trainer, TrainState, make_chunk
 
 
-def seed_keys(seeds) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """([S] training keys, [S] comparison keys, [S] figure keys) for integer seeds."""
+def seed_keys(seeds, stream: Optional[int] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """([S] training keys, [S] comparison keys, [S] figure keys) for integer seeds.
+
+    stream: an independent set per integer (e.g. a stage of a multi-part assembly).
+    """
     keys = jax.vmap(jax.random.key)(jnp.asarray(list(seeds)))
+    if stream is not None:
+        keys = jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys)
     split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
     return split[:, 0], split[:, 1], split[:, 2]
 
 
 def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array, chunk_updates: int,
                       checkpoint_dir: Optional[pathlib.Path] = None, meta: Optional[dict] = None,
-                      resume: bool = False, progress: Callable = print) -> TrainState:
+                      resume: bool = False, progress: Callable = print,
+                      warm_start: Optional[TrainState] = None) -> TrainState:
     """Train one specialist per key ([S]) for `trainer.config.num_updates` updates; returns TrainState [S].
 
     With `checkpoint_dir`, the stacked state is saved after every chunk and, with
     `resume`, training continues from the latest one (same final parameters).
+    warm_start: trained specialists [S] (any task with the same network sizes) whose
+    parameters and observation statistics seed seed s's run (a fresh optimiser;
+    environments and curriculum of this task).
     """
     config = trainer.config
     if config.num_updates % chunk_updates:
         raise ValueError(f"num_updates {config.num_updates} is not a multiple of chunk_updates {chunk_updates}")
     state = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, hparams)
+    if warm_start is not None:
+        shapes = lambda t: jax.tree.map(jnp.shape, (t.params, t.obs_stats, t.critic_stats))  # noqa: E731
+        if shapes(warm_start) != shapes(state):
+            raise ValueError("warm_start specialists have other network or observation sizes than this task's")
+        state = state.replace(params=warm_start.params, obs_stats=warm_start.obs_stats,
+                              critic_stats=warm_start.critic_stats)
     if resume and checkpoint_dir is not None and latest_step(checkpoint_dir) is not None:
         state, _ = restore_checkpoint(checkpoint_dir, state, expected_meta=meta)
         progress(f"resumed the specialists at update {int(state.update[0])}")
@@ -52,3 +68,29 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
         if checkpoint_dir is not None:
             save_checkpoint(checkpoint_dir, int(state.update[0]), state, meta or {})
     return state
+
+
+def load_specialists(run_dir: pathlib.Path, seeds) -> TrainState:
+    """The specialists [S] saved in `run_dir/baseline` by `experiments/refinery.py` (its seeds
+    must include `seeds`, in order from 0). Raises ValueError before any compile if not."""
+    import json
+
+    from refinery_jax.checkpoints import template_from_shapes
+    from refinery_jax.ppo import default_hyperparams, make_trainer
+    from refinery_jax.ppo.presets import preset
+
+    run_dir = pathlib.Path(run_dir)
+    config_file = run_dir / "config.json"
+    if not config_file.exists() or latest_step(run_dir / "baseline") is None:
+        raise ValueError(f"{run_dir} holds no specialists (config.json and baseline/ of experiments/refinery.py)")
+    info = json.loads(config_file.read_text())
+    have, want = list(info["seeds"]), list(seeds)
+    if have[: len(want)] != want:
+        raise ValueError(f"{run_dir} has specialists for seeds {have}; need {want}")
+    spec = preset(info["preset"], info["task"])
+    trainer = make_trainer(spec.config)
+    hparams = default_hyperparams(spec.config, imitation_weight=spec.imitation_weight, **spec.hparams)
+    keys = seed_keys(have)[0]
+    template = template_from_shapes(jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, None)), keys, hparams))
+    state, _ = restore_checkpoint(run_dir / "baseline", template)
+    return jax.tree.map(lambda a: a[: len(want)], state)

@@ -1,0 +1,187 @@
+"""Multi-part assemblies: Refinery per insertion stage, and sequence success in two modes.
+
+    python experiments/sequence.py --assembly peg_tower --preset quick --seeds 2 --out runs/sequence_peg_tower
+    python experiments/sequence.py --all --preset quick --seeds 2 --out runs/sequences
+
+For every stage NAME/k of the assembly: train the stage's PPO specialists (seeds
+0..S-1, vmapped; optionally warm-started from the specialists of a finished
+experiments/refinery.py run with --init-from) and run the Refinery comparison on that
+stage (Baseline, Deployment, Fine-tune, Refinery, uniform control; each on fresh trials).
+Then sequence success per method:
+
+  paper    trial j of the sequence succeeds iff trial j of every stage does, each stage
+           from its own sampled start (the stages' fresh trials);
+  chained  stage k + 1 starts from the physical end state of stage k (parts left where
+           they ended, plug released), one policy per stage, fresh θ per stage.
+
+Beyond the paper: refinery_joint picks the θ of all stages at once from a GMM fitted to
+whole successful chains, against refinery's independent per-stage choice.
+
+Writes into --out (per assembly with --all: --out/NAME): config.json, stage_k/ (the
+stage's specialists and finished comparison stages; --resume skips them), chain/
+(finished chained rows), results.json, table.txt (Table I), figures/sequence.png
+(Fig. 5), log.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
+from refinery_jax.assets.multipart import multipart_names, stage_names  # noqa: E402
+from refinery_jax.ppo.presets import PRESETS  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir  # noqa: E402
+from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
+
+MARKERS = ("config.json", "stage_0", "chain")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--assembly", help=f"registered multi-part assembly ({', '.join(multipart_names())})")
+    which.add_argument("--all", action="store_true", help="every registered assembly, each into --out/NAME")
+    parser.add_argument("--preset", default="quick", choices=PRESETS, help="budgets per stage (default quick)")
+    parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1 (default 1)")
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
+    parser.add_argument("--acquisition", default="ucb", choices=ACQUISITIONS, help="BO acquisition (default ucb)")
+    parser.add_argument("--selection", default="argmax", choices=("argmax", "random"),
+                        help="deployment: highest-density GMM sample (paper) or a random one")
+    parser.add_argument("--baseline-updates", type=int, default=None,
+                        help="override the preset's PPO updates per stage (multiple of its chunk)")
+    parser.add_argument("--max-rounds", type=int, default=None, help="override the fine-tuning rounds per stage")
+    parser.add_argument("--eval-trials", type=int, default=None,
+                        help="override the fresh trials per row and stage (also the chained trials per row)")
+    parser.add_argument("--gmm-inits", type=int, default=None,
+                        help="override N of Algorithm 2 per stage (also the chained trials fitting the joint GMM)")
+    parser.add_argument("--init-from", type=pathlib.Path, default=None,
+                        help="warm-start every stage's specialists from this finished experiments/refinery.py run")
+    parser.add_argument("--no-figures", action="store_true", help="skip figures/sequence.png")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the unfinished run(s) in --out")
+    group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
+    args = parser.parse_args(argv)
+    if args.assembly is not None and args.assembly not in multipart_names():
+        parser.error(f"unknown assembly {args.assembly!r}; registered: {', '.join(multipart_names())}")
+    for name in ("seeds", "baseline_updates", "max_rounds", "eval_trials", "gmm_inits"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.init_from is not None:
+        config = args.init_from / "config.json"
+        if not config.exists() or not (args.init_from / "baseline").is_dir():
+            parser.error(f"--init-from {args.init_from} holds no specialists (config.json and baseline/ of "
+                         "experiments/refinery.py)")
+        have = json.loads(config.read_text())["seeds"]
+        if have[: args.seeds] != list(range(args.seeds)):
+            parser.error(f"--init-from {args.init_from} has specialists for seeds {have}, need 0..{args.seeds - 1}")
+    from refinery_jax.refinery.presets import configure
+
+    args.assemblies = list(multipart_names()) if args.all else [args.assembly]
+    try:  # every stage's settings, checked before anything compiles
+        args.configs = {name: [configure(args.preset, task, args.acquisition, args.selection, args.baseline_updates,
+                                         args.max_rounds, args.eval_trials, args.gmm_inits)
+                               for task in stage_names(name)] for name in args.assemblies}
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def run_assembly(name: str, args, out: pathlib.Path, resume: bool) -> dict:
+    t_start = time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    log_file = open(out / "log.txt", "a")
+
+    def progress(message: str):
+        line = f"[{time.time() - t_start:7.0f} s] {message}"
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    import jax
+    import numpy as np
+
+    from refinery_jax.checkpoints import config_fingerprint, stage_cache
+    from refinery_jax.refinery import format_table
+    from refinery_jax.refinery.experiment import refine_task
+    from refinery_jax.refinery.plots import plot_sequence
+    from refinery_jax.refinery.sequence import (ChainStage, chained_summary, format_sequence_table,
+                                                make_chain_evaluator, paper_sequence_table, ppo_act, run_chained)
+    from refinery_jax.refinery.specialists import load_specialists, seed_keys
+
+    tasks, configs = stage_names(name), args.configs[name]
+    seeds = list(range(args.seeds))
+    comparison_config = configs[0][1]
+    run_id = {"fingerprint": config_fingerprint((configs, seeds, str(args.init_from))), "assembly": name,
+              "preset": args.preset, "seeds": seeds}
+    (out / "config.json").write_text(json.dumps(
+        {**run_id, "stages": list(tasks),
+         "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "assemblies")},
+         "ppo": [dataclasses.asdict(spec.config) for spec, _ in configs],
+         "comparison": dataclasses.asdict(comparison_config)}, indent=2, default=str))
+    warm = load_specialists(args.init_from, seeds) if args.init_from is not None else None
+
+    runs = []
+    for k, (task, (spec, comparison)) in enumerate(zip(tasks, configs)):
+        progress(f"=== stage {k + 1}/{len(tasks)}: {task}")
+        train_keys, compare_keys, _ = seed_keys(seeds, stream=k)
+        run = refine_task(spec, comparison, train_keys, compare_keys, out / f"stage_{k}", {**run_id, "stage": k},
+                          resume, progress, warm_start=warm)
+        progress(f"{task}:\n{format_table(run.table)}")
+        runs.append(run)
+
+    paper = paper_sequence_table([r.result for r in runs])
+    progress("=== chained trials")
+    evaluate = make_chain_evaluator([ChainStage(r.trainer.env, ppo_act(r.trainer.model, spec.config.obs_clip))
+                                     for r, (spec, _) in zip(runs, configs)])
+    chain_keys = seed_keys(seeds, stream=len(tasks))[1]
+    chained_raw, joint_models = run_chained(evaluate, runs, chain_keys, comparison_config.eval_trials,
+                                            comparison_config.gmm_inits, comparison_config.deployment,
+                                            comparison_config.gmm, stage_cache(out / "chain", run_id, resume, progress),
+                                            progress)
+    chained = {m: chained_summary(*r) for m, r in chained_raw.items()}
+    table = format_sequence_table(paper, chained)
+    progress(f"{name}: stage and sequence success (fresh trials per row: {comparison_config.eval_trials})\n{table}")
+    (out / "table.txt").write_text(table + "\n")
+
+    results = {**run_id, "stages": list(tasks), "per_stage": [r.table for r in runs], "paper": paper,
+               "chained": chained, "eval_trials": comparison_config.eval_trials,
+               "joint_model": {"fit_trials": comparison_config.gmm_inits,
+                               "fit_sequence_successes_per_seed": [int(m.num_successes) for m in joint_models],
+                               "usable_per_seed": [bool(m.usable) for m in joint_models],
+                               "components_per_seed": [int(m.gmm.num_components) for m in joint_models]},
+               "specialist_env_steps_per_stage": [int(spec.config.total_env_steps) for spec, _ in configs],
+               "warm_start": None if args.init_from is None else str(args.init_from),
+               "jax_version": jax.__version__, "device": str(jax.devices()[0]), "resumed": resume}
+    if not args.no_figures:
+        (out / "figures").mkdir(exist_ok=True)
+        results["figure"] = plot_sequence(paper, chained, out / "figures" / "sequence.png",
+                                          title=f"{name}: {len(tasks)} stages, {len(seeds)} seed(s)")
+    results["wall_s"] = time.time() - t_start
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=lambda x: np.asarray(x).tolist()))
+    progress(f"wrote {out / 'results.json'} ({results['wall_s']:.0f} s)")
+    return results
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    outs = {name: args.out / name if args.all else args.out for name in args.assemblies}
+    resume = {name: prepare_run_dir(o, args.resume, args.overwrite, unfinished_markers=MARKERS)
+              for name, o in outs.items() if args.overwrite or not (args.all and (o / "results.json").exists())}
+    from refinery_jax.compile_cache import enable_compile_cache
+
+    enable_compile_cache()  # each program compiles once per machine
+    for name in resume:  # with --all (and no --overwrite), finished assemblies are kept and skipped
+        run_assembly(name, args, outs[name], resume[name])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,56 @@
+"""One task through Refinery as the experiment scripts run it: specialists, then the comparison.
+
+`refine_task` trains (or resumes) the specialists of S seeds in `out/baseline` and runs
+the five-row comparison with every finished stage stored in `out/stages`, so a killed
+run continues with `resume=True`. `experiments/refinery.py` runs it once;
+`experiments/sequence.py` once per insertion stage of a multi-part assembly.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import Callable, NamedTuple, Optional
+
+import jax
+
+from refinery_jax.checkpoints import stage_cache
+from refinery_jax.evaluation import make_evaluate
+from refinery_jax.ppo import default_hyperparams, make_trainer
+from refinery_jax.ppo.presets import Preset
+from refinery_jax.ppo.train import Trainer, TrainState
+from refinery_jax.refinery.comparison import (
+    ComparisonConfig,
+    ComparisonResult,
+    comparison_table,
+    make_comparison,
+    run_comparison,
+)
+from refinery_jax.refinery.specialists import train_specialists
+
+
+class TaskRun(NamedTuple):
+    trainer: Trainer
+    evaluate: Callable          # make_evaluate(env, model): (policy, θ [N, 3], key) -> EvalResult
+    baseline: TrainState        # the specialists [S]
+    result: ComparisonResult
+    table: dict                 # comparison_table(result)
+
+
+def refine_task(spec: Preset, comparison_config: ComparisonConfig, train_keys: jax.Array, compare_keys: jax.Array,
+                out: pathlib.Path, run_id: dict, resume: bool, progress: Callable = print,
+                warm_start: Optional[TrainState] = None) -> TaskRun:
+    """Specialists ([S] keys `train_keys`, optionally warm-started) → the comparison on `compare_keys`.
+
+    run_id: stored with every checkpoint; a resumed run must match it.
+    """
+    config = spec.config
+    trainer = make_trainer(config)
+    hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
+    baseline = train_specialists(trainer, hparams, train_keys, spec.chunk_updates, out / "baseline", run_id, resume,
+                                 progress, warm_start=warm_start)
+    evaluate = make_evaluate(trainer.env, trainer.model, obs_clip=config.obs_clip)
+    comparison = make_comparison(comparison_config, trainer, evaluate)
+    cache = stage_cache(out / "stages", run_id, resume, progress)
+    result = run_comparison(comparison, trainer, compare_keys, baseline, progress=progress, cache=cache)
+    table = comparison_table(result, trainer.env.init_low, trainer.env.init_high, comparison_config.cells)
+    return TaskRun(trainer=trainer, evaluate=evaluate, baseline=baseline, result=result, table=table)
