@@ -56,20 +56,19 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     if args.baselines is not None and not (args.baselines / "baseline").is_dir():
         parser.error(f"--baselines {args.baselines} holds no specialists (no baseline/ directory)")
+    from refinery_jax.refinery.presets import configure
+
+    try:
+        args.configs = configure(args.preset, args.task, baseline_updates=args.baseline_updates)
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    from refinery_jax.ppo.presets import preset
-    from refinery_jax.refinery.presets import comparison_preset
-
-    spec = preset(args.preset, args.task)
-    if args.baseline_updates is not None:
-        if args.baseline_updates % spec.chunk_updates:
-            sys.exit(f"error: --baseline-updates must be a multiple of the chunk size {spec.chunk_updates}")
-        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, num_updates=args.baseline_updates))
-    base_finetune = comparison_preset(args.preset).finetune
+    spec, comparison = args.configs
+    base_finetune = comparison.finetune
     rounds = args.rounds or base_finetune.max_rounds
     # the convergence window is longer than the run: every arm runs exactly `rounds` rounds
     base_finetune = dataclasses.replace(base_finetune, max_rounds=rounds, window=rounds + 1)
@@ -100,7 +99,8 @@ def main(argv=None) -> None:
     seeds = list(range(args.seeds))
     run_id = {"fingerprint": config_fingerprint((config, spec, base_finetune, seeds, args.eval_trials)),
               "task": args.task, "preset": args.preset, "seeds": seeds}
-    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()},
+    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()
+                                                                    if k != "configs"},
                                                  "finetune": dataclasses.asdict(base_finetune)}, indent=2, default=str))
     k_train, k_compare, _ = seed_keys(seeds)
     trainer = make_trainer(config)

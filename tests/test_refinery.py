@@ -352,3 +352,38 @@ def test_script_runs_end_to_end_and_resumes(tmp_path):
     second = json.loads((out / "results.json").read_text())
     for method in METHODS:
         assert second["methods"][method]["per_seed"] == results["methods"][method]["per_seed"]
+
+
+ABLATION = REPO / "experiments" / "acquisition_ablation.py"
+
+
+@pytest.mark.parametrize("args,message", [
+    (("--task", "nope"), "unknown task 'nope'"),
+    (("--rounds", "0"), "--rounds must be positive"),
+    (("--acquisitions", "ucb", "thompson"), "invalid choice: 'thompson'"),
+    (("--baseline-updates", "7"), "multiple of the chunk size"),
+    (("--baselines", "/nonexistent"), "holds no specialists"),
+])
+def test_ablation_script_rejects_bad_arguments(load_script_main, capsys, tmp_path, args, message):
+    ablation_main = load_script_main(ABLATION)
+    with pytest.raises(SystemExit) as exc:
+        ablation_main(["--out", str(tmp_path / "run"), *args])
+    assert exc.value.code == 2 and message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_ablation_script_end_to_end(tmp_path):
+    """Two acquisitions and the uniform control on a tiny budget: every arm gets the same rounds
+    and env steps, and is evaluated on the same fresh trials."""
+    out = tmp_path / "ablation"
+    args = [sys.executable, str(ABLATION), "--task", "round_peg", "--seeds", "2", "--out", str(out),
+            "--baseline-updates", "10", "--rounds", "2", "--eval-trials", "16", "--acquisitions", "ucb", "ei"]
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=3600, cwd=REPO,
+                          env={**os.environ, "OPENBLAS_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((out / "results.json").read_text())
+    assert set(results["arms"]) == {"baseline", "ucb", "ei", "uniform"} and results["rounds"] == 2
+    steps = {name: arm["finetune_env_steps_per_seed"] for name, arm in results["arms"].items() if name != "baseline"}
+    assert len({tuple(s) for s in steps.values()}) == 1, steps
+    assert pathlib.Path(results["figure"]).exists()
