@@ -25,7 +25,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
-from refinery_jax.run_dirs import prepare_run_dir  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
 from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
 
 
@@ -99,9 +99,10 @@ def main(argv=None) -> None:
     seeds = list(range(args.seeds))
     run_id = {"fingerprint": config_fingerprint((config, spec, base_finetune, seeds, args.eval_trials)),
               "task": args.task, "preset": args.preset, "seeds": seeds}
-    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()
-                                                                    if k != "configs"},
-                                                 "finetune": dataclasses.asdict(base_finetune)}, indent=2, default=str))
+    # the arms' keys depend on the list of acquisitions, and the specialists on --baselines
+    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k != "configs"},
+                           "finetune": dataclasses.asdict(base_finetune)},
+                     resume, must_match=("fingerprint", "args.acquisitions", "args.baselines"))
     k_train, k_compare, _ = seed_keys(seeds)
     trainer = make_trainer(config)
     env = trainer.env

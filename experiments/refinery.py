@@ -27,7 +27,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
 from refinery_jax.ppo.presets import PRESETS  # noqa: E402
-from refinery_jax.run_dirs import prepare_run_dir  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
 from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
 
 
@@ -100,11 +100,9 @@ def main(argv=None) -> None:
     seeds = list(range(args.seeds))
     run_id = {"fingerprint": config_fingerprint((config, spec, comparison_config, seeds)), "task": args.task,
               "preset": args.preset, "seeds": seeds}
-    (out / "config.json").write_text(json.dumps({**run_id, "args": {k: str(v) for k, v in vars(args).items()
-                                                                    if k != "configs"},
-                                                 "ppo": dataclasses.asdict(config),
-                                                 "comparison": dataclasses.asdict(comparison_config)},
-                                                indent=2, default=str))
+    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k != "configs"},
+                           "ppo": dataclasses.asdict(config), "comparison": dataclasses.asdict(comparison_config)},
+                     resume)
 
     k_train, k_compare, k_maps = seed_keys(seeds)
     run = refine_task(spec, comparison_config, k_train, k_compare, out, run_id, resume, progress)

@@ -37,7 +37,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.multipart import multipart_names, stage_names  # noqa: E402
 from refinery_jax.ppo.presets import PRESETS  # noqa: E402
-from refinery_jax.run_dirs import prepare_run_dir  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
 from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
 
 MARKERS = ("config.json", "stage_0", "chain")
@@ -75,14 +75,21 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
+    args.donor = None
     if args.init_from is not None:
+        from refinery_jax.checkpoints import latest_step
+
         config = args.init_from / "config.json"
-        if not config.exists() or not (args.init_from / "baseline").is_dir():
+        if not config.exists() or latest_step(args.init_from / "baseline") is None:
             parser.error(f"--init-from {args.init_from} holds no specialists (config.json and baseline/ of "
                          "experiments/refinery.py)")
-        have = json.loads(config.read_text())["seeds"]
-        if have[: args.seeds] != list(range(args.seeds)):
-            parser.error(f"--init-from {args.init_from} has specialists for seeds {have}, need 0..{args.seeds - 1}")
+        args.donor = json.loads(config.read_text())
+        done, total = latest_step(args.init_from / "baseline"), args.donor["ppo"]["num_updates"]
+        if done != total:
+            parser.error(f"--init-from {args.init_from}: its specialists are unfinished ({done} of {total} updates)")
+        if args.donor["seeds"][: args.seeds] != list(range(args.seeds)):
+            parser.error(f"--init-from {args.init_from} has specialists for seeds {args.donor['seeds']}, "
+                         f"need 0..{args.seeds - 1}")
     from refinery_jax.refinery.presets import configure
 
     args.assemblies = list(multipart_names()) if args.all else [args.assembly]
@@ -96,9 +103,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_assembly(name: str, args, out: pathlib.Path, resume: bool) -> dict:
-    t_start = time.time()
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.txt", "a")
+    with open(out / "log.txt", "a") as log_file:
+        return _run_assembly(name, args, out, resume, log_file)
+
+
+def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) -> dict:
+    t_start = time.time()
 
     def progress(message: str):
         line = f"[{time.time() - t_start:7.0f} s] {message}"
@@ -120,13 +131,13 @@ def run_assembly(name: str, args, out: pathlib.Path, resume: bool) -> dict:
     tasks, configs = stage_names(name), args.configs[name]
     seeds = list(range(args.seeds))
     comparison_config = configs[0][1]
-    run_id = {"fingerprint": config_fingerprint((configs, seeds, str(args.init_from))), "assembly": name,
+    donor = None if args.donor is None else args.donor["fingerprint"]  # the warm start's own run, not its path
+    run_id = {"fingerprint": config_fingerprint((configs, seeds, donor)), "assembly": name,
               "preset": args.preset, "seeds": seeds}
-    (out / "config.json").write_text(json.dumps(
-        {**run_id, "stages": list(tasks),
-         "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "assemblies")},
-         "ppo": [dataclasses.asdict(spec.config) for spec, _ in configs],
-         "comparison": dataclasses.asdict(comparison_config)}, indent=2, default=str))
+    write_run_config(out, {**run_id, "stages": list(tasks),
+                           "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "assemblies", "donor")},
+                           "ppo": [dataclasses.asdict(spec.config) for spec, _ in configs],
+                           "comparison": dataclasses.asdict(comparison_config)}, resume)
     warm = load_specialists(args.init_from, seeds) if args.init_from is not None else None
 
     runs = []
@@ -141,13 +152,14 @@ def run_assembly(name: str, args, out: pathlib.Path, resume: bool) -> dict:
     paper = paper_sequence_table([r.result for r in runs])
     progress("=== chained trials")
     evaluate = make_chain_evaluator([ChainStage(r.trainer.env, ppo_act(r.trainer.model, spec.config.obs_clip))
-                                     for r, (spec, _) in zip(runs, configs)])
+                                     for r, (spec, _) in zip(runs, configs)],
+                                    batch_size=min(256, comparison_config.eval_trials, comparison_config.gmm_inits))
     chain_keys = seed_keys(seeds, stream=len(tasks))[1]
     chained_raw, joint_models = run_chained(evaluate, runs, chain_keys, comparison_config.eval_trials,
                                             comparison_config.gmm_inits, comparison_config.deployment,
                                             comparison_config.gmm, stage_cache(out / "chain", run_id, resume, progress),
                                             progress)
-    chained = {m: chained_summary(*r) for m, r in chained_raw.items()}
+    chained = {m: chained_summary(r.stage_success, r.sequence_success, r.displacement) for m, r in chained_raw.items()}
     table = format_sequence_table(paper, chained)
     progress(f"{name}: stage and sequence success (fresh trials per row: {comparison_config.eval_trials})\n{table}")
     (out / "table.txt").write_text(table + "\n")
@@ -174,8 +186,14 @@ def run_assembly(name: str, args, out: pathlib.Path, resume: bool) -> dict:
 def main(argv=None) -> None:
     args = parse_args(argv)
     outs = {name: args.out / name if args.all else args.out for name in args.assemblies}
-    resume = {name: prepare_run_dir(o, args.resume, args.overwrite, unfinished_markers=MARKERS)
-              for name, o in outs.items() if args.overwrite or not (args.all and (o / "results.json").exists())}
+    if args.all and (args.out / "config.json").exists():
+        raise SystemExit(f"error: {args.out} holds a single-assembly run; give --all a directory of its own")
+    resume = {}
+    for name, o in outs.items():
+        if args.all and not args.overwrite and (o / "results.json").exists():
+            print(f"{name}: finished run in {o}, skipped")
+            continue
+        resume[name] = prepare_run_dir(o, args.resume, args.overwrite, unfinished_markers=MARKERS)
     from refinery_jax.compile_cache import enable_compile_cache
 
     enable_compile_cache()  # each program compiles once per machine

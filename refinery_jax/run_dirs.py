@@ -33,3 +33,22 @@ def prepare_run_dir(out: pathlib.Path, resume: bool, overwrite: bool, unfinished
     if unfinished:
         sys.exit(f"error: {out} holds an unfinished run; pass --resume to continue it or --overwrite to start over")
     sys.exit(f"error: {out} is not empty and holds no run of this script; choose another --out or pass --overwrite")
+
+
+def write_run_config(out: pathlib.Path, config: dict, resume: bool, must_match: tuple[str, ...] = ("fingerprint",)) -> None:
+    """Write `out/config.json`; when resuming, first check that the stored run was started
+    with the same settings (dotted keys in `must_match`, e.g. "args.acquisitions") and exit
+    with a message otherwise, so the record of the original settings is never replaced."""
+    import json
+
+    path = pathlib.Path(out) / "config.json"
+    if resume and path.exists():
+        stored = json.loads(path.read_text())
+        for dotted in must_match:
+            old, new = stored, config
+            for part in dotted.split("."):
+                old, new = (old or {}).get(part), (new or {}).get(part)
+            if old != new:
+                sys.exit(f"error: {out} was started with {dotted} = {old!r}, this command has {new!r}; resume it with "
+                         f"its original settings (see {path}) or pass --overwrite")
+    path.write_text(json.dumps(config, indent=2, default=str))

@@ -4,6 +4,7 @@ Shares the tiny PPO config and chunk size with tests/test_ppo.py, so the persist
 compilation cache serves the compiled `init` and chunk to both files.
 """
 
+import json
 import os
 import pathlib
 import subprocess
@@ -191,3 +192,17 @@ def test_script_killed_run_resumes_to_the_same_parameters(tmp_path):
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "a", out))
     assert ra["success_rate"] == rb["success_rate"] and ra["mean_return"] == rb["mean_return"]
     assert rb["resumed"] is True and ra["env_steps"] == rb["env_steps"] == 20 * 64 * 25
+
+
+def test_resume_never_replaces_the_record_of_a_run_s_settings(tmp_path):
+    from refinery_jax.run_dirs import write_run_config
+
+    first = {"fingerprint": "abc", "args": {"acquisitions": "['ucb', 'pi']"}}
+    write_run_config(tmp_path, first, resume=False)
+    write_run_config(tmp_path, first, resume=True)  # same settings: fine
+    for changed, what in (({**first, "fingerprint": "xyz"}, "fingerprint"),
+                          ({**first, "args": {"acquisitions": "['ei']"}}, "args.acquisitions")):
+        with pytest.raises(SystemExit) as exc:
+            write_run_config(tmp_path, changed, resume=True, must_match=("fingerprint", "args.acquisitions"))
+        assert what in str(exc.value.code)
+        assert json.loads((tmp_path / "config.json").read_text()) == first

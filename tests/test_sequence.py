@@ -308,10 +308,15 @@ def sequence_main(load_script_main):
     (("--assembly", ASSEMBLY, "--seeds", "0"), "--seeds must be positive"),
     (("--assembly", ASSEMBLY, "--baseline-updates", "7"), "multiple of the chunk size"),
     (("--assembly", ASSEMBLY, "--init-from", "/nonexistent"), "holds no specialists"),
+    (("--assembly", ASSEMBLY, "--init-from", "EMPTY_DONOR"), "holds no specialists"),
     (("--assembly", ASSEMBLY, "--all"), "not allowed with argument"),
     ((), "one of the arguments --assembly --all is required"),
 ])
 def test_sequence_script_rejects_bad_arguments(sequence_main, capsys, tmp_path, args, message):
+    donor = tmp_path / "donor"  # a refinery.py run directory whose specialists were never saved
+    (donor / "baseline").mkdir(parents=True)
+    (donor / "config.json").write_text(json.dumps({"seeds": [0], "ppo": {"num_updates": 10}}))
+    args = tuple(str(donor) if a == "EMPTY_DONOR" else a for a in args)
     with pytest.raises(SystemExit) as exc:
         sequence_main(["--out", str(tmp_path / "run"), *args])
     assert exc.value.code == 2 and message in capsys.readouterr().err
@@ -324,6 +329,10 @@ def test_sequence_script_never_overwrites_a_finished_run(sequence_main, tmp_path
         sequence_main(["--assembly", ASSEMBLY, "--out", str(tmp_path)])
     assert "finished run" in str(exc.value.code)
     assert (tmp_path / "results.json").read_text() == "{}"
+    with pytest.raises(SystemExit) as exc:  # --all wants a directory of its own
+        (tmp_path / "config.json").write_text("{}")
+        sequence_main(["--all", "--out", str(tmp_path)])
+    assert "single-assembly run" in str(exc.value.code)
 
 
 @pytest.mark.slow
@@ -347,5 +356,11 @@ def test_sequence_script_end_to_end_and_resume(tmp_path):
     again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=3600, cwd=SCRIPT.parents[1])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "restored chain_fresh_refinery_joint" in again.stdout and "restored finetune" in again.stdout
+    (out / "results.json").unlink()  # a resumed run refuses other settings and keeps its record
+    record = (out / "config.json").read_text()
+    changed = subprocess.run(args[:-1] + ["32", "--resume"], capture_output=True, text=True, timeout=600,
+                             cwd=SCRIPT.parents[1])
+    assert changed.returncode != 0 and "was started with fingerprint" in changed.stderr
+    assert (out / "config.json").read_text() == record
     second = json.loads((out / "results.json").read_text())
     assert second["chained"] == results["chained"] and second["paper"] == results["paper"]

@@ -131,6 +131,7 @@ class ChainResult(NamedTuple):
     stage_success: np.ndarray     # [K, N] bool: stage k succeeded in chained trial j
     sequence_success: np.ndarray  # [N] bool: every stage did
     displacement: np.ndarray      # [K, N] m: largest loose-part displacement from assembled, over stage k's episode
+    inits: np.ndarray             # [K, N, 3] the θ each stage started from
 
 
 def _stage_runner(stage: ChainStage):
@@ -168,7 +169,8 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
     over batches of `batch_size` trials (N is padded to whole batches), so calls with
     other params or θ reuse the compiled programs. Displacement is measured against the
     assembled poses in the shared base frame, so it includes what earlier stages left
-    behind (a plug not fully home counts).
+    behind (a plug not fully home counts). Small N still runs one whole batch: choose
+    `batch_size` near the trial counts you evaluate.
     """
     runs, hand_offs = [], []
     for k, stage in enumerate(stages):
@@ -188,15 +190,14 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
         if len(params) != len(stages):
             raise ValueError(f"need one params entry per stage ({len(stages)}), got {len(params)}")
         n = inits.shape[1]
-        batch = min(batch_size, n)
-        pad = -n % batch
-        inits = jnp.concatenate([inits, inits[:, :pad]], axis=1)
+        pad = -n % batch_size  # every call runs whole batches: one compiled shape per stage
+        padded = jnp.concatenate([inits, jnp.broadcast_to(inits[:, :1], (len(stages), pad, 3))], axis=1)
         keys = jax.vmap(lambda k: jax.random.split(k, n + pad))(jax.random.split(key, len(stages)))  # [K, N + pad]
         success, moved = [[] for _ in stages], [[] for _ in stages]
-        for b in range(0, n + pad, batch):
+        for b in range(0, n + pad, batch_size):
             start = None
             for k in range(len(stages)):
-                args = (params[k], keys[k, b: b + batch], inits[k, b: b + batch]) + ((start,) if k else ())
+                args = (params[k], keys[k, b: b + batch_size], padded[k, b: b + batch_size]) + ((start,) if k else ())
                 state, ok, disp = runs[k](*args)
                 success[k].append(np.asarray(ok))
                 moved[k].append(np.asarray(disp))
@@ -204,7 +205,7 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
                     start = hand_offs[k](state)
         stage_success = np.stack([np.concatenate(s)[:n] for s in success])
         return ChainResult(stage_success=stage_success, sequence_success=sequence_outcomes(stage_success),
-                           displacement=np.stack([np.concatenate(m)[:n] for m in moved]))
+                           displacement=np.stack([np.concatenate(m)[:n] for m in moved]), inits=np.asarray(inits))
 
     return evaluate
 
@@ -261,15 +262,15 @@ def chained_summary(stage_success, sequence_success, displacement) -> dict:
 
 
 def format_sequence_table(paper: dict, chained: dict) -> str:
-    """Table I of the paper, extended: per method, stage success and sequence success in both modes."""
+    """Table I of the paper, extended: per method, stage success (paper mode: each stage from its
+    own starts) and sequence success in both modes."""
     methods = list(dict.fromkeys(list(paper) + list(chained)))
-    any_row = (paper or chained)[methods[0]]
-    stages = len(any_row["stages"])
+    stages = len((paper or chained)[methods[0]]["stages"])
     head = f"{'method':<16}" + "".join(f"{'stage ' + str(k + 1):>9}" for k in range(stages))
     lines = [head + f"{'seq paper':>11}{'seq chain':>11}"]
-    for m in methods:
-        row = paper.get(m) or chained[m]
-        cells = "".join(f"{s['success_mean']:9.3f}" for s in row["stages"])
+    for m in methods:  # stage columns are paper mode (own starts); a chained-only row has none
+        cells = ("".join(f"{s['success_mean']:9.3f}" for s in paper[m]["stages"]) if m in paper
+                 else f"{'-':>9}" * stages)
         seq = lambda t: f"{t[m]['sequence']['success_mean']:11.3f}" if m in t else f"{'-':>11}"  # noqa: E731
         lines.append(f"{m:<16}{cells}{seq(paper)}{seq(chained)}")
     return "\n".join(lines)
@@ -320,7 +321,7 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
 
     def like(n):
         return lambda: ChainResult(jnp.zeros((seeds, stages, n), bool), jnp.zeros((seeds, n), bool),
-                                   jnp.zeros((seeds, stages, n), jnp.float32))
+                                   jnp.zeros((seeds, stages, n), jnp.float32), jnp.zeros((seeds, stages, n, 3)))
 
     def rows(name, policy_set, draw, n):
         """Chained trials per seed: draw(key, s) -> θ [K, n, 3]."""
@@ -342,11 +343,9 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
 
     fit_draw = lambda key, s: chain_inits(key, samplers("finetuned", s), fit_trials)  # noqa: E731
     fit = rows("fit_joint", "finetuned", fit_draw, fit_trials)
-    models = []
-    for s in range(seeds):  # the inits of the fitting trials, redrawn from their key
-        k_inits = jax.random.split(streams[s]["fit_joint"])[0]
-        k_gmm = jax.random.fold_in(streams[s]["fit_joint"], 1)
-        models.append(fit_joint_model(k_gmm, fit_draw(k_inits, s), fit.sequence_success[s], gmm))
+    # rows() split each stream in two (θ, episodes); fold_in(., 2) is neither half
+    models = [fit_joint_model(jax.random.fold_in(streams[s]["fit_joint"], 2), fit.inits[s], fit.sequence_success[s], gmm)
+              for s in range(seeds)]
     lows, highs = zip(*boxes)
 
     def joint_draw(key, s):

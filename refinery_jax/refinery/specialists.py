@@ -19,14 +19,19 @@ from refinery_jax.ppo.config import PPOHyperparams
 from refinery_jax.ppo.train import Trainer, TrainState, make_chunk
 
 
+STREAM_TAG = 0x5E9  # keeps the stream keys apart from the keys `seed_keys(seeds)` and its splits give
+
+
 def seed_keys(seeds, stream: Optional[int] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     """([S] training keys, [S] comparison keys, [S] figure keys) for integer seeds.
 
-    stream: an independent set per integer (e.g. a stage of a multi-part assembly).
+    stream: another set per integer (e.g. a stage of a multi-part assembly), independent of
+    the set without a stream: split and fold_in of one key can coincide, so streams hang
+    off a tagged key.
     """
     keys = jax.vmap(jax.random.key)(jnp.asarray(list(seeds)))
     if stream is not None:
-        keys = jax.vmap(lambda k: jax.random.fold_in(k, stream))(keys)
+        keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, STREAM_TAG), stream))(keys)
     split = jax.vmap(lambda k: jax.random.split(k, 3))(keys)
     return split[:, 0], split[:, 1], split[:, 2]
 
@@ -93,4 +98,7 @@ def load_specialists(run_dir: pathlib.Path, seeds) -> TrainState:
     keys = seed_keys(have)[0]
     template = template_from_shapes(jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, None)), keys, hparams))
     state, _ = restore_checkpoint(run_dir / "baseline", template)
+    if int(state.update[0]) != info["ppo"]["num_updates"]:
+        raise ValueError(f"the specialists in {run_dir} are unfinished ({int(state.update[0])} of "
+                         f"{info['ppo']['num_updates']} updates)")
     return jax.tree.map(lambda a: a[: len(want)], state)
