@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import pathlib
 import time
@@ -26,26 +25,17 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
-from refinery_jax.ppo.presets import PRESETS  # noqa: E402
+from refinery_jax.refinery.presets import add_budget_arguments, configure_from_args  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
-from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK})")
-    parser.add_argument("--preset", default="quick", choices=PRESETS, help="budgets (default quick)")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1 (default 1)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
-    parser.add_argument("--acquisition", default="ucb", choices=ACQUISITIONS, help="BO acquisition (default ucb)")
-    parser.add_argument("--selection", default="argmax", choices=("argmax", "random"),
-                        help="deployment: highest-density GMM sample (paper) or a random one (Refinery's code)")
-    parser.add_argument("--baseline-updates", type=int, default=None,
-                        help="override the preset's PPO updates for the specialists (multiple of its chunk)")
-    parser.add_argument("--max-rounds", type=int, default=None, help="override the preset's fine-tuning rounds")
-    parser.add_argument("--eval-trials", type=int, default=None, help="override the 1000 fresh trials per row")
-    parser.add_argument("--gmm-inits", type=int, default=None, help="override N = 1000 of Algorithm 2")
+    add_budget_arguments(parser)
     parser.add_argument("--no-figures", action="store_true", help="skip the PNGs and success maps")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
@@ -53,17 +43,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.task not in task_names():
         parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
-    for name in ("seeds", "baseline_updates", "max_rounds", "eval_trials", "gmm_inits"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
-    from refinery_jax.refinery.presets import configure
-
-    try:
-        args.configs = configure(args.preset, args.task, args.acquisition, args.selection, args.baseline_updates,
-                                 args.max_rounds, args.eval_trials, args.gmm_inits)
-    except ValueError as error:
-        parser.error(str(error))
+    if args.seeds < 1:
+        parser.error("--seeds must be positive")
+    args.configs = configure_from_args(parser, args, args.task)
     return args
 
 

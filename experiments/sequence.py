@@ -36,9 +36,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.multipart import multipart_names, stage_names  # noqa: E402
-from refinery_jax.ppo.presets import PRESETS  # noqa: E402
+from refinery_jax.refinery.presets import add_budget_arguments, configure_from_args  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
-from refinery_jax.success_models.acquisition import ACQUISITIONS  # noqa: E402
 
 MARKERS = ("config.json", "stage_0", "chain")
 
@@ -49,19 +48,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--assembly", help=f"registered multi-part assembly ({', '.join(multipart_names())})")
     which.add_argument("--all", action="store_true", help="every registered assembly, each into --out/NAME")
-    parser.add_argument("--preset", default="quick", choices=PRESETS, help="budgets per stage (default quick)")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1 (default 1)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
-    parser.add_argument("--acquisition", default="ucb", choices=ACQUISITIONS, help="BO acquisition (default ucb)")
-    parser.add_argument("--selection", default="argmax", choices=("argmax", "random"),
-                        help="deployment: highest-density GMM sample (paper) or a random one")
-    parser.add_argument("--baseline-updates", type=int, default=None,
-                        help="override the preset's PPO updates per stage (multiple of its chunk)")
-    parser.add_argument("--max-rounds", type=int, default=None, help="override the fine-tuning rounds per stage")
-    parser.add_argument("--eval-trials", type=int, default=None,
-                        help="override the fresh trials per row and stage (also the chained trials per row)")
-    parser.add_argument("--gmm-inits", type=int, default=None,
-                        help="override N of Algorithm 2 per stage (also the chained trials fitting the joint GMM)")
+    add_budget_arguments(parser)  # per stage; --eval-trials is also the chained trials per row, --gmm-inits
+    # also the chained trials that fit the joint GMM
     parser.add_argument("--init-from", type=pathlib.Path, default=None,
                         help="warm-start every stage's specialists from this finished experiments/refinery.py run")
     parser.add_argument("--no-figures", action="store_true", help="skip figures/sequence.png")
@@ -71,10 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.assembly is not None and args.assembly not in multipart_names():
         parser.error(f"unknown assembly {args.assembly!r}; registered: {', '.join(multipart_names())}")
-    for name in ("seeds", "baseline_updates", "max_rounds", "eval_trials", "gmm_inits"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            parser.error(f"--{name.replace('_', '-')} must be positive")
+    if args.seeds < 1:
+        parser.error("--seeds must be positive")
     args.donor = None
     if args.init_from is not None:
         from refinery_jax.checkpoints import latest_step
@@ -90,15 +78,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.donor["seeds"][: args.seeds] != list(range(args.seeds)):
             parser.error(f"--init-from {args.init_from} has specialists for seeds {args.donor['seeds']}, "
                          f"need 0..{args.seeds - 1}")
-    from refinery_jax.refinery.presets import configure
-
     args.assemblies = list(multipart_names()) if args.all else [args.assembly]
-    try:  # every stage's settings, checked before anything compiles
-        args.configs = {name: [configure(args.preset, task, args.acquisition, args.selection, args.baseline_updates,
-                                         args.max_rounds, args.eval_trials, args.gmm_inits)
-                               for task in stage_names(name)] for name in args.assemblies}
-    except ValueError as error:
-        parser.error(str(error))
+    # every stage's settings, checked before anything compiles
+    args.configs = {name: [configure_from_args(parser, args, task) for task in stage_names(name)]
+                    for name in args.assemblies}
     return args
 
 

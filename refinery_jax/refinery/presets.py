@@ -49,3 +49,35 @@ def configure(name: str, task: str, acquisition: str = "ucb", selection: str = "
         comparison, finetune=finetune, eval_trials=eval_trials or comparison.eval_trials,
         gmm_inits=gmm_inits or comparison.gmm_inits, deployment=DeploymentConfig(selection=selection))
     return spec, comparison
+
+
+BUDGET_OPTIONS = ("baseline_updates", "max_rounds", "eval_trials", "gmm_inits")
+
+
+def add_budget_arguments(parser) -> None:
+    """The command-line options behind `configure` (experiments/refinery.py and sequence.py)."""
+    from refinery_jax.ppo.presets import PRESETS
+    from refinery_jax.success_models.acquisition import ACQUISITIONS
+
+    parser.add_argument("--preset", default="quick", choices=PRESETS, help="budgets (default quick)")
+    parser.add_argument("--acquisition", default="ucb", choices=ACQUISITIONS, help="BO acquisition (default ucb)")
+    parser.add_argument("--selection", default="argmax", choices=("argmax", "random"),
+                        help="deployment: highest-density GMM sample (paper) or a random one (Refinery's code)")
+    parser.add_argument("--baseline-updates", type=int, default=None,
+                        help="override the preset's PPO updates for the specialists (multiple of its chunk)")
+    parser.add_argument("--max-rounds", type=int, default=None, help="override the preset's fine-tuning rounds")
+    parser.add_argument("--eval-trials", type=int, default=None, help="override the 1000 fresh trials per row")
+    parser.add_argument("--gmm-inits", type=int, default=None, help="override N = 1000 of Algorithm 2")
+
+
+def configure_from_args(parser, args, task: str):
+    """`configure` with the options of `add_budget_arguments`; bad values end in `parser.error`."""
+    for name in BUDGET_OPTIONS:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            parser.error(f"--{name.replace('_', '-')} must be positive")
+    try:
+        return configure(args.preset, task, args.acquisition, args.selection,
+                         *(getattr(args, name) for name in BUDGET_OPTIONS))
+    except ValueError as error:
+        parser.error(str(error))
