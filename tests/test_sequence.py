@@ -222,7 +222,8 @@ def test_chained_summary_by_hand():
     np.testing.assert_allclose(out["reached_per_stage"], [1.0, 0.75, 0.5])
     assert out["sequence"]["per_seed"] == [0.25]
     assert out["displacement_mm"][0] == {"mean": 0.0, "p95": 0.0, "max": 0.0}
-    assert out["displacement_mm"][2]["max"] == pytest.approx(4.0) and out["displacement_mm"][2]["mean"] == pytest.approx(1.75)
+    # stage 3 was reached by trials 0 and 3 only (1 mm and 4 mm); trial 1's 2 mm follows a failure
+    assert out["displacement_mm"][2]["max"] == pytest.approx(4.0) and out["displacement_mm"][2]["mean"] == pytest.approx(2.5)
     nobody = chained_summary(np.zeros((1, 2, 3), bool), np.zeros((1, 3), bool), np.zeros((1, 2, 3)))
     assert np.isnan(nobody["conditional_per_stage"][1])
 

@@ -245,7 +245,8 @@ def chained_summary(stage_success, sequence_success, displacement) -> dict:
     """Chained trials of one method, [S, K, N] / [S, N] / [S, K, N] (m) → `summarize_sequence`
     plus what limits the chain: stage k's success among trials whose stages < k all
     succeeded (`conditional_per_stage`, pooled over seeds; NaN when none reached it) and the
-    loose parts' largest displacement per stage (mm: mean, 95th percentile, max)."""
+    loose parts' largest displacement per stage over the chains that reached it (mm: mean, 95th
+    percentile, max)."""
     stage_success = np.asarray(stage_success, bool)
     out = summarize_sequence(stage_success, sequence_success)
     # trial j reached stage k iff stages < k all succeeded
@@ -256,8 +257,10 @@ def chained_summary(stage_success, sequence_success, displacement) -> dict:
     mm = 1000.0 * np.asarray(displacement, np.float64)
     out["conditional_per_stage"] = conditional
     out["reached_per_stage"] = reached.mean(axis=(0, 2)).tolist()
+    # only chains that reached the stage: after a failure the released plug may fall off the scene
+    nan = {"mean": float("nan"), "p95": float("nan"), "max": float("nan")}
     out["displacement_mm"] = [{"mean": float(d.mean()), "p95": float(np.percentile(d, 95)), "max": float(d.max())}
-                              for d in np.moveaxis(mm, 1, 0).reshape(mm.shape[1], -1)]
+                              if d.size else nan for d in (mm[:, k][reached[:, k]] for k in range(mm.shape[1]))]
     return out
 
 
