@@ -83,6 +83,18 @@ def test_bic_picks_true_number_of_components(k_true):
     assert np.all(np.isfinite(bic))
 
 
+def test_bic_never_chooses_a_numerically_broken_fit():
+    """Pairs 0.1 mm apart 50 m from the origin: float32 second moments cancel, some K give
+    NaN BIC (argmin over NaN would pick one); the chosen fit is finite."""
+    rng = np.random.default_rng(0)
+    pairs = np.repeat(rng.uniform(-50.0, 50.0, (6, D)), 2, axis=0) + 1e-4 * rng.normal(size=(12, D))
+    x = np.concatenate([pairs, rng.normal(size=(N - 12, D))]).astype(np.float32)
+    best, bic = fit_gmm_bic(jax.random.key(0), x, (np.arange(N) < 12).astype(np.float32), config=CONFIGS["full"])
+    assert np.isnan(np.asarray(bic)).any(), "the case should break some K"
+    assert np.isfinite(float(best.bic)) and all(np.all(np.isfinite(np.asarray(a))) for a in
+                                                (best.params.means, best.params.covariances, best.params.weights))
+
+
 def test_weighted_em_equals_duplicated_rows():
     x = _blobs(3, 2)
     config = CONFIGS["full"]

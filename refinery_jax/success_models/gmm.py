@@ -345,7 +345,8 @@ def _fit_bic_jit(key, x, weights, config):
     seeds = _kmeans_plusplus(key, xc, weights, config.max_components)
     fit_k = lambda k: _run_em(_init_from_seeds(seeds, xc, weights, k, config), xc, weights, config)
     states = jax.vmap(fit_k)(ks)
-    best = jnp.argmin(states.bic)
+    # argmin would return a NaN entry (a K whose EM broke down numerically): never choose one
+    best = jnp.argmin(jnp.where(jnp.isfinite(states.bic), states.bic, jnp.inf))
     return _shift_state(jax.tree.map(lambda a: a[best], states), shift), states.bic
 
 
@@ -430,7 +431,7 @@ def fit_gmm(key, x, num_components: int, weights=None, config: GMMConfig = GMMCo
 
 
 def fit_gmm_bic(key, x, weights=None, config: GMMConfig = GMMConfig()):
-    """Fit K = 1..config.max_components in one vmapped EM and keep the lowest BIC.
+    """Fit K = 1..config.max_components in one vmapped EM and keep the lowest finite BIC.
 
     Args:
       key: PRNG key.
