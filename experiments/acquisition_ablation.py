@@ -87,12 +87,12 @@ def main(argv=None) -> None:
     enable_compile_cache()  # each program compiles once per machine
     import numpy as np
 
-    from refinery_jax.checkpoints import config_fingerprint, latest_step, restore_checkpoint, stage_cache
+    from refinery_jax.checkpoints import CheckpointError, config_fingerprint, stage_cache
     from refinery_jax.evaluation import make_evaluate
     from refinery_jax.ppo import default_hyperparams, make_trainer
     from refinery_jax.refinery import format_table, make_finetune, run_rounds, summarize_seeds
     from refinery_jax.refinery.plots import plot_table
-    from refinery_jax.refinery.specialists import seed_keys, train_specialists
+    from refinery_jax.refinery.specialists import load_specialists, seed_keys, train_specialists
     from refinery_jax.success_models import ProposalConfig
 
     config = spec.config
@@ -108,16 +108,10 @@ def main(argv=None) -> None:
     env = trainer.env
     hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
     if args.baselines is not None:
-        template = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(k_train, hparams)
-        source = json.loads((args.baselines / "config.json").read_text())
-        expected = {k: source[k] for k in ("fingerprint", "task", "preset", "seeds")}
-        if (expected["task"], expected["preset"], expected["seeds"]) != (args.task, args.preset, seeds):
-            sys.exit(f"error: {args.baselines} was run for {expected['task']}/{expected['preset']}/seeds "
-                     f"{expected['seeds']}, not {args.task}/{args.preset}/{seeds}")
-        baseline, _ = restore_checkpoint(args.baselines / "baseline", template, expected_meta=expected,
-                                         step=latest_step(args.baselines / "baseline"))
-        if int(baseline.update[0]) != config.num_updates:
-            sys.exit(f"error: the specialists in {args.baselines} are unfinished")
+        try:
+            baseline = load_specialists(args.baselines, seeds, task=args.task, preset=args.preset)
+        except (ValueError, CheckpointError) as err:
+            sys.exit(f"error: --baselines: {err}")
         progress(f"specialists from {args.baselines}")
     else:
         baseline = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / "baseline", run_id, resume,

@@ -206,3 +206,46 @@ def test_resume_never_replaces_the_record_of_a_run_s_settings(tmp_path):
             write_run_config(tmp_path, changed, resume=True, must_match=("fingerprint", "args.acquisitions"))
         assert what in str(exc.value.code)
         assert json.loads((tmp_path / "config.json").read_text()) == first
+
+
+def test_load_specialists_checks_the_donor_run(tmp_path):
+    """`load_specialists` (sequence --init-from, ablation --baselines): a prefix of the donor's
+    seeds, its task/preset when asked, finished, and checkpoints of the run its config.json names."""
+    from refinery_jax.checkpoints import template_from_shapes
+    from refinery_jax.ppo.presets import preset
+    from refinery_jax.refinery.specialists import load_specialists, seed_keys
+
+    spec = preset("quick", "square_peg")
+    trainer = make_trainer(spec.config)
+    hparams = default_hyperparams(spec.config, imitation_weight=spec.imitation_weight, **spec.hparams)
+    shapes = jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, None)), seed_keys([0, 1])[0], hparams)
+    done = spec.config.num_updates
+    state = template_from_shapes(shapes)
+    state = state.replace(update=np.full(2, done, np.int32), params=jax.tree.map(
+        lambda a: np.broadcast_to(np.arange(2, dtype=a.dtype).reshape((2,) + (1,) * (a.ndim - 1)), a.shape),
+        state.params))  # seed s's weights all equal s
+
+    def donor(name, fingerprint="f0", update=done, saved_fingerprint="f0"):
+        run = tmp_path / name
+        info = {"fingerprint": fingerprint, "task": "square_peg", "preset": "quick", "seeds": [0, 1],
+                "ppo": {"num_updates": done}}
+        (run / "baseline").mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps(info))
+        save_checkpoint(run / "baseline", update, state.replace(update=np.full(2, update, np.int32)),
+                        {**{k: info[k] for k in ("task", "preset", "seeds")}, "fingerprint": saved_fingerprint})
+        return run
+
+    run = donor("ok")
+    one = load_specialists(run, [0], task="square_peg", preset="quick")
+    assert all(a.shape[0] == 1 for a in jax.tree.leaves(one.params))
+    assert all(np.all(np.asarray(a) == 0) for a in jax.tree.leaves(one.params))
+    both = load_specialists(run, [0, 1])
+    assert all(np.all(np.asarray(a)[1] == 1) for a in jax.tree.leaves(both.params))
+    with pytest.raises(ValueError, match="seeds"):
+        load_specialists(run, [1])
+    with pytest.raises(ValueError, match="task 'square_peg', not 'keyed_peg'"):
+        load_specialists(run, [0], task="keyed_peg")
+    with pytest.raises(ValueError, match="unfinished"):
+        load_specialists(donor("half", update=10), [0])
+    with pytest.raises(CheckpointError, match="another run"):
+        load_specialists(donor("mixed", saved_fingerprint="f1"), [0])

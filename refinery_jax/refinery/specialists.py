@@ -75,14 +75,16 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
     return state
 
 
-def load_specialists(run_dir: pathlib.Path, seeds) -> TrainState:
+def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, preset: str | None = None) -> TrainState:
     """The specialists [S] saved in `run_dir/baseline` by `experiments/refinery.py` (its seeds
-    must include `seeds`, in order from 0). Raises ValueError before any compile if not."""
+    must include `seeds`, in order from 0; and its task and preset be these, when given).
+    Raises ValueError before any compile if not, CheckpointError if the checkpoints belong
+    to another run than its config.json."""
     import json
 
     from refinery_jax.checkpoints import template_from_shapes
     from refinery_jax.ppo import default_hyperparams, make_trainer
-    from refinery_jax.ppo.presets import preset
+    from refinery_jax.ppo.presets import preset as ppo_preset
 
     run_dir = pathlib.Path(run_dir)
     config_file = run_dir / "config.json"
@@ -92,12 +94,16 @@ def load_specialists(run_dir: pathlib.Path, seeds) -> TrainState:
     have, want = list(info["seeds"]), list(seeds)
     if have[: len(want)] != want:
         raise ValueError(f"{run_dir} has specialists for seeds {have}; need {want}")
-    spec = preset(info["preset"], info["task"])
+    for name, value in (("task", task), ("preset", preset)):
+        if value is not None and info[name] != value:
+            raise ValueError(f"{run_dir} was run for {name} {info[name]!r}, not {value!r}")
+    spec = ppo_preset(info["preset"], info["task"])
     trainer = make_trainer(spec.config)
     hparams = default_hyperparams(spec.config, imitation_weight=spec.imitation_weight, **spec.hparams)
     keys = seed_keys(have)[0]
     template = template_from_shapes(jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, None)), keys, hparams))
-    state, _ = restore_checkpoint(run_dir / "baseline", template)
+    run_id = {k: info[k] for k in ("fingerprint", "task", "preset", "seeds")}
+    state, _ = restore_checkpoint(run_dir / "baseline", template, expected_meta=run_id)
     if int(state.update[0]) != info["ppo"]["num_updates"]:
         raise ValueError(f"the specialists in {run_dir} are unfinished ({int(state.update[0])} of "
                          f"{info['ppo']['num_updates']} updates)")
