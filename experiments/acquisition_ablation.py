@@ -18,7 +18,6 @@ import dataclasses
 import json
 import os
 import pathlib
-import sys
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -41,8 +40,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "preset's max_rounds)")
     parser.add_argument("--eval-trials", type=int, default=1000, help="fresh trials per arm and seed")
     parser.add_argument("--baselines", type=pathlib.Path, default=None,
-                        help="a finished experiments/refinery.py run (same task, preset and seeds) whose specialists "
-                             "to start from")
+                        help="a finished experiments/refinery.py run (same task and preset, seeds 0..S-1 among "
+                             "its seeds) whose specialists to start from")
     parser.add_argument("--baseline-updates", type=int, default=None, help="override the specialists' PPO updates")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true")
@@ -54,8 +53,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         value = getattr(args, name)
         if value is not None and value < 1:
             parser.error(f"--{name.replace('_', '-')} must be positive")
-    if args.baselines is not None and not (args.baselines / "baseline").is_dir():
-        parser.error(f"--baselines {args.baselines} holds no specialists (no baseline/ directory)")
+    args.baseline = None
+    if args.baselines is not None:  # loaded here: a bad run ends before anything is written or compiled
+        from refinery_jax.checkpoints import CheckpointError
+        from refinery_jax.refinery.specialists import load_specialists
+
+        try:
+            args.baseline = load_specialists(args.baselines, range(args.seeds), task=args.task, preset=args.preset)
+        except (ValueError, CheckpointError) as error:
+            parser.error(f"--baselines: {error}")
     from refinery_jax.refinery.presets import configure
 
     try:
@@ -87,12 +93,12 @@ def main(argv=None) -> None:
     enable_compile_cache()  # each program compiles once per machine
     import numpy as np
 
-    from refinery_jax.checkpoints import CheckpointError, config_fingerprint, stage_cache
+    from refinery_jax.checkpoints import config_fingerprint, stage_cache
     from refinery_jax.evaluation import make_evaluate
     from refinery_jax.ppo import default_hyperparams, make_trainer
     from refinery_jax.refinery import format_table, make_finetune, run_rounds, summarize_seeds
     from refinery_jax.refinery.plots import plot_table
-    from refinery_jax.refinery.specialists import load_specialists, seed_keys, train_specialists
+    from refinery_jax.refinery.specialists import seed_keys, train_specialists
     from refinery_jax.success_models import ProposalConfig
 
     config = spec.config
@@ -100,7 +106,7 @@ def main(argv=None) -> None:
     run_id = {"fingerprint": config_fingerprint((config, spec, base_finetune, seeds, args.eval_trials)),
               "task": args.task, "preset": args.preset, "seeds": seeds}
     # the arms' keys depend on the list of acquisitions, and the specialists on --baselines
-    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k != "configs"},
+    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "baseline")},
                            "finetune": dataclasses.asdict(base_finetune)},
                      resume, must_match=("fingerprint", "args.acquisitions", "args.baselines"))
     k_train, k_compare, _ = seed_keys(seeds)
@@ -108,10 +114,7 @@ def main(argv=None) -> None:
     env = trainer.env
     hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
     if args.baselines is not None:
-        try:
-            baseline = load_specialists(args.baselines, seeds, task=args.task, preset=args.preset)
-        except (ValueError, CheckpointError) as err:
-            sys.exit(f"error: --baselines: {err}")
+        baseline = args.baseline
         progress(f"specialists from {args.baselines}")
     else:
         baseline = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / "baseline", run_id, resume,

@@ -50,8 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     which.add_argument("--all", action="store_true", help="every registered assembly, each into --out/NAME")
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1 (default 1)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
-    add_budget_arguments(parser)  # per stage; --eval-trials is also the chained trials per row, --gmm-inits
-    # also the chained trials that fit the joint GMM
+    # per stage; --eval-trials is also the chained trials per row, --gmm-inits those fitting the joint GMM
+    add_budget_arguments(parser)
     parser.add_argument("--init-from", type=pathlib.Path, default=None,
                         help="warm-start every stage's specialists from this finished experiments/refinery.py run")
     parser.add_argument("--no-figures", action="store_true", help="skip figures/sequence.png")
@@ -63,21 +63,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"unknown assembly {args.assembly!r}; registered: {', '.join(multipart_names())}")
     if args.seeds < 1:
         parser.error("--seeds must be positive")
-    args.donor = None
-    if args.init_from is not None:
-        from refinery_jax.checkpoints import latest_step
+    args.donor = args.warm = None
+    if args.init_from is not None:  # loaded here: a bad donor ends before anything is written or compiled
+        from refinery_jax.checkpoints import CheckpointError
+        from refinery_jax.refinery.specialists import load_specialists
 
-        config = args.init_from / "config.json"
-        if not config.exists() or latest_step(args.init_from / "baseline") is None:
-            parser.error(f"--init-from {args.init_from} holds no specialists (config.json and baseline/ of "
-                         "experiments/refinery.py)")
-        args.donor = json.loads(config.read_text())
-        done, total = latest_step(args.init_from / "baseline"), args.donor["ppo"]["num_updates"]
-        if done != total:
-            parser.error(f"--init-from {args.init_from}: its specialists are unfinished ({done} of {total} updates)")
-        if args.donor["seeds"][: args.seeds] != list(range(args.seeds)):
-            parser.error(f"--init-from {args.init_from} has specialists for seeds {args.donor['seeds']}, "
-                         f"need 0..{args.seeds - 1}")
+        try:
+            args.warm = load_specialists(args.init_from, range(args.seeds))
+        except (ValueError, CheckpointError) as error:
+            parser.error(f"--init-from: {error}")
+        args.donor = json.loads((args.init_from / "config.json").read_text())
     args.assemblies = list(multipart_names()) if args.all else [args.assembly]
     # every stage's settings, checked before anything compiles
     args.configs = {name: [configure_from_args(parser, args, task) for task in stage_names(name)]
@@ -109,7 +104,7 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
     from refinery_jax.refinery.plots import plot_sequence
     from refinery_jax.refinery.sequence import (ChainStage, chained_summary, format_sequence_table,
                                                 make_chain_evaluator, paper_sequence_table, ppo_act, run_chained)
-    from refinery_jax.refinery.specialists import load_specialists, seed_keys
+    from refinery_jax.refinery.specialists import seed_keys
 
     tasks, configs = stage_names(name), args.configs[name]
     seeds = list(range(args.seeds))
@@ -118,17 +113,16 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
     run_id = {"fingerprint": config_fingerprint((configs, seeds, donor)), "assembly": name,
               "preset": args.preset, "seeds": seeds}
     write_run_config(out, {**run_id, "stages": list(tasks),
-                           "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "assemblies", "donor")},
+                           "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "assemblies", "donor", "warm")},
                            "ppo": [dataclasses.asdict(spec.config) for spec, _ in configs],
                            "comparison": dataclasses.asdict(comparison_config)}, resume)
-    warm = load_specialists(args.init_from, seeds) if args.init_from is not None else None
 
     runs = []
     for k, (task, (spec, comparison)) in enumerate(zip(tasks, configs)):
         progress(f"=== stage {k + 1}/{len(tasks)}: {task}")
         train_keys, compare_keys, _ = seed_keys(seeds, stream=k)
         run = refine_task(spec, comparison, train_keys, compare_keys, out / f"stage_{k}", {**run_id, "stage": k},
-                          resume, progress, warm_start=warm)
+                          resume, progress, warm_start=args.warm)
         progress(f"{task}:\n{format_table(run.table)}")
         runs.append(run)
 

@@ -226,6 +226,7 @@ def test_chained_summary_by_hand():
     assert out["displacement_mm"][2]["max"] == pytest.approx(4.0) and out["displacement_mm"][2]["mean"] == pytest.approx(2.5)
     nobody = chained_summary(np.zeros((1, 2, 3), bool), np.zeros((1, 3), bool), np.zeros((1, 2, 3)))
     assert np.isnan(nobody["conditional_per_stage"][1])
+    assert np.isnan(nobody["displacement_mm"][1]["mean"]) and nobody["displacement_mm"][0]["max"] == 0.0
 
 
 def test_sequence_table_text_and_figure(tmp_path):
