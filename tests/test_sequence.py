@@ -295,6 +295,39 @@ def test_joint_model_needs_more_successes_than_dimensions(diagonal_chains):
     assert chosen[:, 1, 0].std() > 0.8 * 0.02 / np.sqrt(12)  # the uniform fallback, not a point
 
 
+
+def test_joint_row_without_a_usable_joint_model_draws_as_refinery(diagonal_chains):
+    """run_chained with stand-in stages and an evaluator where no chain succeeds: the joint
+    model cannot be fitted, and refinery_joint must then choose θ as refinery does (each
+    stage's GMM), not uniformly."""
+    from refinery_jax.refinery.deployment import fit_success_model
+    from refinery_jax.refinery.sequence import ChainResult, run_chained
+
+    lows, highs, inits, _ = diagonal_chains
+    near_centre = lambda k: np.abs(np.asarray(inits[k, :, 0]) - (lows[k][0] + 0.01)) < 0.002  # noqa: E731
+    models = [jax.tree.map(lambda a: a[None], fit_success_model(jax.random.key(k), inits[k], near_centre(k)))
+              for k in range(2)]  # [S = 1]: each stage succeeds within 2 mm of its box centre in x
+    stages = [SimpleNamespace(trainer=SimpleNamespace(policy=lambda p: p, env=SimpleNamespace(init_low=lo, init_high=hi)),
+                              baseline=jnp.zeros((1, 1)),
+                              result=SimpleNamespace(finetune=SimpleNamespace(train=jnp.zeros((1, 1))),
+                                                     deployment={"baseline": m, "finetuned": m}))
+              for lo, hi, m in zip(lows, highs, models)]
+    calls = []
+
+    def never(params, key, chain_inits):  # a ChainEvaluator under which no stage ever succeeds
+        calls.append(chain_inits.shape)
+        fail = np.zeros(chain_inits.shape[:2], bool)
+        return ChainResult(fail, fail[0], np.zeros(fail.shape), np.asarray(chain_inits))
+
+    out, joint = run_chained(never, stages, jax.random.key(0)[None], trials=200, fit_trials=100, progress=lambda m: None)
+    assert calls == [(2, 200, 3)] * 4 + [(2, 100, 3)] + [(2, 200, 3)]  # four rows, the fit, the joint row
+    assert not bool(joint[0].usable)
+    spread = lambda row: np.asarray(out[row].inits[0, :, :, 0]).std(axis=1)  # noqa: E731  [K] m
+    uniform_std = 0.02 / np.sqrt(12)
+    assert np.all(spread("baseline") > 0.8 * uniform_std)
+    assert np.all(spread("refinery") < 0.5 * uniform_std)
+    assert np.all(spread("refinery_joint") < 0.5 * uniform_std), spread("refinery_joint")
+
 # ------------------------------------------------------------------ experiments/sequence.py
 
 SCRIPT = pathlib.Path(__file__).resolve().parents[1] / "experiments" / "sequence.py"

@@ -307,6 +307,9 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
     fine-tuned policies with θ of whole chains from `fit_joint_model`, fitted on
     `fit_trials` chained trials drawn from the per-stage GMMs (so more chains succeed than
     under uniform θ); it is compared with refinery, the independent selection, on fresh trials.
+    It costs `fit_trials` more chained episodes per seed than refinery, and where a seed's
+    joint model is not usable (too few whole successful chains) that seed's refinery_joint
+    row draws θ as refinery does, so the comparison measures the joint model and nothing else.
     cache(name, compute, like): as in `run_comparison`.
     """
     cache = cache or (lambda name, compute, like: compute())
@@ -352,6 +355,8 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
     lows, highs = zip(*boxes)
 
     def joint_draw(key, s):
+        if not bool(models[s].usable):  # too few whole successful chains: refinery's own choice, not uniform
+            return independent("finetuned")(key, s)
         sample = joint_sampler(models[s], lows, highs, deployment)
         return jnp.moveaxis(jax.vmap(sample)(jax.random.split(key, trials)), 0, 1)  # [K, n, 3]
 
