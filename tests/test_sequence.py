@@ -295,7 +295,6 @@ def test_joint_model_needs_more_successes_than_dimensions(diagonal_chains):
     assert chosen[:, 1, 0].std() > 0.8 * 0.02 / np.sqrt(12)  # the uniform fallback, not a point
 
 
-
 def test_joint_row_without_a_usable_joint_model_draws_as_refinery(diagonal_chains):
     """run_chained with stand-in stages and an evaluator where no chain succeeds: the joint
     model cannot be fitted, and refinery_joint must then choose θ as refinery does (each
@@ -327,6 +326,7 @@ def test_joint_row_without_a_usable_joint_model_draws_as_refinery(diagonal_chain
     assert np.all(spread("baseline") > 0.8 * uniform_std)
     assert np.all(spread("refinery") < 0.5 * uniform_std)
     assert np.all(spread("refinery_joint") < 0.5 * uniform_std), spread("refinery_joint")
+
 
 # ------------------------------------------------------------------ experiments/sequence.py
 
