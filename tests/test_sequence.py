@@ -194,6 +194,8 @@ def test_evaluate_chain_pads_batches_and_hands_off(envs):
     # params are arguments, not constants: another value reuses the compiled stages and acts differently
     pushed = evaluate_chain([1.0, 0.0], jax.random.key(1), inits)  # stage 0's hand lifts its plug out
     assert not pushed.stage_success[0].any()
+    # no chain reached stage 1, so it was not run
+    assert not pushed.stage_success[1].any() and np.isnan(pushed.displacement[1]).all()
 
 
 @pytest.mark.slow

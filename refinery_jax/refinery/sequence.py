@@ -128,9 +128,10 @@ class ChainStage(NamedTuple):
 
 
 class ChainResult(NamedTuple):
-    stage_success: np.ndarray     # [K, N] bool: stage k succeeded in chained trial j
+    stage_success: np.ndarray     # [K, N] bool: chained trial j got through stages 0..k (false after its first failure)
     sequence_success: np.ndarray  # [N] bool: every stage did
     displacement: np.ndarray      # [K, N] m: largest loose-part displacement from assembled, over stage k's episode
+                                  # (NaN where stage k was not run: no trial of the batch reached it)
     inits: np.ndarray             # [K, N, 3] the θ each stage started from
 
 
@@ -164,8 +165,10 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
     params: one pytree per stage, passed to that stage's `act` (e.g. a `Policy`; None for
     a script). inits: [K, N, 3], each stage's θ. Stage 0 starts as usual (socket pose
     from the key, no loose parts); stage k + 1 starts from stage k's end state
-    (`chain_start`) whether or not stage k succeeded, so `stage_success` beyond a failure
-    measures a stage on a spoiled start. Each stage is jitted once, here, and vmapped
+    (`chain_start`). A trial that fails a stage has failed the sequence: it counts as
+    failed at every later stage, and a batch in which no trial reached stage k skips
+    stage k and the rest (deep stages are the slowest and most chains die before them).
+    Each stage is jitted once, here, and vmapped
     over batches of `batch_size` trials (N is padded to whole batches), so calls with
     other params or θ reuse the compiled programs. Displacement is measured against the
     assembled poses in the shared base frame, so it includes what earlier stages left
@@ -195,13 +198,18 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
         keys = jax.vmap(lambda k: jax.random.split(k, n + pad))(jax.random.split(key, len(stages)))  # [K, N + pad]
         success, moved = [[] for _ in stages], [[] for _ in stages]
         for b in range(0, n + pad, batch_size):
-            start = None
+            start, going = None, np.arange(b, b + batch_size) < n  # padding never keeps a batch going
             for k in range(len(stages)):
+                if not going.any():
+                    success[k].append(np.zeros(batch_size, bool))
+                    moved[k].append(np.full(batch_size, np.nan, np.float32))
+                    continue
                 args = (params[k], keys[k, b: b + batch_size], padded[k, b: b + batch_size]) + ((start,) if k else ())
                 state, ok, disp = runs[k](*args)
-                success[k].append(np.asarray(ok))
+                going = going & np.asarray(ok)
+                success[k].append(going)
                 moved[k].append(np.asarray(disp))
-                if k + 1 < len(stages):
+                if k + 1 < len(stages) and going.any():
                     start = hand_offs[k](state)
         stage_success = np.stack([np.concatenate(s)[:n] for s in success])
         return ChainResult(stage_success=stage_success, sequence_success=sequence_outcomes(stage_success),
@@ -246,9 +254,12 @@ def chained_summary(stage_success, sequence_success, displacement) -> dict:
     plus what limits the chain: stage k's success among trials whose stages < k all
     succeeded (`conditional_per_stage`, pooled over seeds; NaN when none reached it) and the
     loose parts' largest displacement per stage over the chains that reached it (mm: mean, 95th
-    percentile, max)."""
+    percentile, max). With `make_chain_evaluator`'s outcomes, `stages[k]` is the fraction of
+    chains through stage k, so the independent product of `summarize_sequence` means nothing
+    here and is left out."""
     stage_success = np.asarray(stage_success, bool)
     out = summarize_sequence(stage_success, sequence_success)
+    del out["independent_product"], out["independent_product_per_seed"]
     # trial j reached stage k iff stages < k all succeeded
     reached = np.concatenate([np.ones_like(stage_success[:, :1]), np.logical_and.accumulate(stage_success, axis=1)[:, :-1]],
                              axis=1)
