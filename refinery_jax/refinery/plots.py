@@ -107,7 +107,7 @@ def plot_gmm(gmm: GMMParams, low, high, chosen, path, fit_inits=None, fit_succes
     ax.set_xlabel("θ_x (mm)")
     ax.set_ylabel("θ_y (mm)")
     ax.legend(loc="upper right", fontsize=7)
-    ax.set_title(title)
+    fig.suptitle(title, fontsize=11)  # over the whole figure: a long title would run into the colour bar
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
