@@ -19,8 +19,8 @@ whole successful chains, against refinery's independent per-stage choice.
 
 Writes into --out (per assembly with --all: --out/NAME): config.json, stage_k/ (the
 stage's specialists and finished comparison stages; --resume skips them), chain/
-(finished chained rows), results.json, table.txt (Table I), figures/sequence.png
-(Fig. 5), log.txt.
+(finished chained rows), results.json, table.txt (Table I, then what limits the chain),
+figures/sequence.png (Fig. 5), log.txt.
 """
 
 from __future__ import annotations
@@ -102,8 +102,9 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
     from refinery_jax.refinery import format_table
     from refinery_jax.refinery.experiment import refine_task
     from refinery_jax.refinery.plots import plot_sequence
-    from refinery_jax.refinery.sequence import (ChainStage, chained_summary, format_sequence_table,
-                                                make_chain_evaluator, paper_sequence_table, ppo_act, run_chained)
+    from refinery_jax.refinery.sequence import (ChainStage, chained_summary, format_chain_diagnostics,
+                                                format_sequence_table, make_chain_evaluator, paper_sequence_table,
+                                                ppo_act, run_chained)
     from refinery_jax.refinery.specialists import seed_keys
 
     tasks, configs = stage_names(name), args.configs[name]
@@ -137,7 +138,7 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
                                             comparison_config.gmm, stage_cache(out / "chain", run_id, resume, progress),
                                             progress)
     chained = {m: chained_summary(r.stage_success, r.sequence_success, r.displacement) for m, r in chained_raw.items()}
-    table = format_sequence_table(paper, chained)
+    table = format_sequence_table(paper, chained) + "\n\n" + format_chain_diagnostics(chained)
     progress(f"{name}: stage and sequence success (fresh trials per row: {comparison_config.eval_trials})\n{table}")
     (out / "table.txt").write_text(table + "\n")
 

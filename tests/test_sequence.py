@@ -31,6 +31,7 @@ from refinery_jax.refinery.sequence import (
     chain_inits,
     chained_summary,
     fit_joint_model,
+    format_chain_diagnostics,
     format_sequence_table,
     joint_sampler,
     make_chain_evaluator,
@@ -215,11 +216,15 @@ def test_scripted_chain_assembles_two_pin_plate():
 # ------------------------------------------------------------------ chained summaries, Table I, joint selection
 
 
-def test_chained_summary_by_hand():
+def by_hand_chains():
     s = np.array([[[1, 1, 0, 1], [1, 0, 1, 1], [0, 1, 1, 1]]], bool)  # 1 seed, 3 stages, 4 chained trials
     disp = np.zeros((1, 3, 4))
     disp[0, 2] = [0.001, 0.002, 0.0, 0.004]  # m
-    out = chained_summary(s, s.all(axis=1), disp)
+    return s, s.all(axis=1), disp
+
+
+def test_chained_summary_by_hand():
+    out = chained_summary(*by_hand_chains())
     np.testing.assert_allclose(out["conditional_per_stage"], [0.75, 2 / 3, 0.5])  # among trials that got there
     np.testing.assert_allclose(out["reached_per_stage"], [1.0, 0.75, 0.5])
     assert out["sequence"]["per_seed"] == [0.25]
@@ -243,6 +248,12 @@ def test_sequence_table_text_and_figure(tmp_path):
     assert [line.split()[0] for line in text[1:]] == ["baseline", "refinery", "refinery_joint"]
     assert text[3].split()[-2] == "-"  # the joint selection has no paper-mode row
     assert float(text[1].split()[-2]) == pytest.approx(paper["baseline"]["sequence"]["success_mean"], abs=5e-4)
+    limits = format_chain_diagnostics({"baseline": chained_summary(*by_hand_chains())}).splitlines()
+    assert limits[1].split()[0] == "method" and limits[2].split()[0] == "baseline"
+    # by hand: stage 1 all reached, 3 of 4 succeed, nothing moved; stage 3 reached by 2 of 4, 1 succeeds
+    assert limits[2].split()[1:4] == ["0.750", "[1.00]", "0.0"]
+    assert limits[2].split()[7:9] == ["0.500", "[0.50]"]
+    assert limits[2].split()[9] == f"{np.percentile([1.0, 4.0], 95):.1f}"  # trials 0 and 3: 1 and 4 mm
     path = plot_sequence(paper, chained, tmp_path / "sequence.png", title="test")
     assert (tmp_path / "sequence.png").stat().st_size > 1000 and path.endswith("sequence.png")
 
