@@ -197,6 +197,11 @@ def test_evaluate_chain_pads_batches_and_hands_off(envs):
     assert not pushed.stage_success[0].any()
     # no chain reached stage 1, so it was not run
     assert not pushed.stage_success[1].any() and np.isnan(pushed.displacement[1]).all()
+    # a chain that failed stage 0 has failed: stage 1, inserted from home, counts only for the others
+    high = jnp.asarray(env0.init_high)
+    mixed = jnp.stack([jnp.stack([jnp.zeros(3), high, jnp.zeros(3)]), jnp.zeros((3, 3))])
+    split = evaluate_chain([0.0, 0.0], jax.random.key(1), mixed)
+    np.testing.assert_array_equal(split.stage_success, [[True, False, True], [True, False, True]])
 
 
 @pytest.mark.slow
