@@ -409,11 +409,11 @@ def test_sequence_script_end_to_end_and_resume(tmp_path):
     again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=3600, cwd=SCRIPT.parents[1])
     assert again.returncode == 0, again.stderr[-3000:]
     assert "restored chain_fresh_refinery_joint" in again.stdout and "restored finetune" in again.stdout
+    second = json.loads((out / "results.json").read_text())
+    assert second["chained"] == results["chained"] and second["paper"] == results["paper"]
     (out / "results.json").unlink()  # a resumed run refuses other settings and keeps its record
     record = (out / "config.json").read_text()
     changed = subprocess.run(args[:-1] + ["32", "--resume"], capture_output=True, text=True, timeout=600,
                              cwd=SCRIPT.parents[1])
     assert changed.returncode != 0 and "was started with fingerprint" in changed.stderr
     assert (out / "config.json").read_text() == record
-    second = json.loads((out / "results.json").read_text())
-    assert second["chained"] == results["chained"] and second["paper"] == results["paper"]
