@@ -102,7 +102,7 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
     from refinery_jax.refinery import format_table
     from refinery_jax.refinery.experiment import refine_task
     from refinery_jax.refinery.plots import plot_sequence
-    from refinery_jax.refinery.sequence import (ChainStage, chained_summary, format_chain_diagnostics,
+    from refinery_jax.refinery.sequence import (ChainStage, chain_batch_size, chained_summary, format_chain_diagnostics,
                                                 format_sequence_table, make_chain_evaluator, paper_sequence_table,
                                                 ppo_act, run_chained)
     from refinery_jax.refinery.specialists import seed_keys
@@ -131,7 +131,8 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
     progress("=== chained trials")
     evaluate = make_chain_evaluator([ChainStage(r.trainer.env, ppo_act(r.trainer.model, spec.config.obs_clip))
                                      for r, (spec, _) in zip(runs, configs)],
-                                    batch_size=min(256, comparison_config.eval_trials, comparison_config.gmm_inits))
+                                    batch_size=chain_batch_size(min(comparison_config.eval_trials,
+                                                                    comparison_config.gmm_inits)))
     chain_keys = seed_keys(seeds, stream=len(tasks))[1]
     chained_raw, joint_models = run_chained(evaluate, runs, chain_keys, comparison_config.eval_trials,
                                             comparison_config.gmm_inits, comparison_config.deployment,

@@ -27,6 +27,7 @@ from refinery_jax.refinery import ComparisonResult, FreshEval, summarize_seeds
 from refinery_jax.success_models import DeploymentConfig
 from refinery_jax.refinery.sequence import (
     ChainStage,
+    chain_batch_size,
     chain_start,
     chain_inits,
     chained_summary,
@@ -174,6 +175,16 @@ def test_hand_off_from_an_inserted_plug_is_the_assembled_next_stage(envs):
     np.testing.assert_allclose(s1 - s0, jax.vmap(lambda q: rotate(q, offset))(q0), atol=1e-6)
 
 
+@pytest.mark.parametrize("trials,batch", [(200, 50), (1000, 63), (64, 64), (65, 33), (16, 16), (1, 1)])
+def test_chain_batch_size_splits_trials_evenly(trials, batch):
+    assert chain_batch_size(trials) == batch
+
+
+def test_chain_batch_size_needs_a_trial():
+    with pytest.raises(ValueError, match="at least one trial"):
+        chain_batch_size(0)
+
+
 def test_evaluate_chain_pads_batches_and_hands_off(envs):
     """Two stages, two control steps of zero action, N = 3 in batches of 2 (one padded)."""
     env0, env1, _, _ = envs
@@ -197,11 +208,13 @@ def test_evaluate_chain_pads_batches_and_hands_off(envs):
     assert not pushed.stage_success[0].any()
     # no chain reached stage 1, so it was not run
     assert not pushed.stage_success[1].any() and np.isnan(pushed.displacement[1]).all()
-    # a chain that failed stage 0 has failed: stage 1, inserted from home, counts only for the others
+    # a chain that failed stage 0 has failed: stage 1 runs only the other two, packed into one
+    # batch, each from its own hand-off (pin 0 inserted; trial 1 left it out of its hole)
     high = jnp.asarray(env0.init_high)
     mixed = jnp.stack([jnp.stack([jnp.zeros(3), high, jnp.zeros(3)]), jnp.zeros((3, 3))])
     split = evaluate_chain([0.0, 0.0], jax.random.key(1), mixed)
     np.testing.assert_array_equal(split.stage_success, [[True, False, True], [True, False, True]])
+    assert np.isnan(split.displacement[1, 1]) and np.all(split.displacement[1, [0, 2]] < 2e-4), split.displacement
 
 
 @pytest.mark.slow

@@ -131,7 +131,7 @@ class ChainResult(NamedTuple):
     stage_success: np.ndarray     # [K, N] bool: chained trial j got through stages 0..k (false after its first failure)
     sequence_success: np.ndarray  # [N] bool: every stage did
     displacement: np.ndarray      # [K, N] m: largest loose-part displacement from assembled, over stage k's episode
-                                  # (NaN where stage k was not run: no trial of the batch reached it)
+                                  # (NaN where trial j did not reach stage k)
     inits: np.ndarray             # [K, N, 3] the θ each stage started from
 
 
@@ -159,6 +159,16 @@ def _stage_runner(stage: ChainStage):
 ChainEvaluator = Callable[[Sequence, jax.Array, jax.Array], ChainResult]  # (params per stage, key, inits [K, N, 3])
 
 
+def chain_batch_size(trials: int, most: int = 64) -> int:
+    """The batch size that splits `trials` chained trials into the fewest near-equal batches
+    of at most `most`: small enough that a deep stage few chains reach runs few padded
+    lanes, large enough to keep the vmapped step busy (200 trials → 4 batches of 50)."""
+    if trials < 1:
+        raise ValueError(f"need at least one trial, got {trials}")
+    batches = -(-trials // most)
+    return -(-trials // batches)
+
+
 def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) -> ChainEvaluator:
     """`evaluate(params, key, inits)`: N chained trials of a K-stage sequence.
 
@@ -166,14 +176,14 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
     a script). inits: [K, N, 3], each stage's θ. Stage 0 starts as usual (socket pose
     from the key, no loose parts); stage k + 1 starts from stage k's end state
     (`chain_start`). A trial that fails a stage has failed the sequence: it counts as
-    failed at every later stage, and a batch in which no trial reached stage k skips
-    stage k and the rest (deep stages are the slowest and most chains die before them).
-    Each stage is jitted once, here, and vmapped
-    over batches of `batch_size` trials (N is padded to whole batches), so calls with
-    other params or θ reuse the compiled programs. Displacement is measured against the
-    assembled poses in the shared base frame, so it includes what earlier stages left
-    behind (a plug not fully home counts). Small N still runs one whole batch: choose
-    `batch_size` near the trial counts you evaluate.
+    failed at every later stage, and stage k runs only the chains still going, packed
+    into whole batches (deep stages are the slowest and most chains die before them).
+    Each stage is jitted once, here, and vmapped over batches of `batch_size` trials
+    (padded with copies of a live one whose outcomes are dropped), so calls with other
+    params or θ reuse the compiled programs; a small `batch_size` wastes less on stages
+    few chains reach. Displacement is measured against the assembled poses in the shared
+    base frame, so it includes what earlier stages left behind (a plug not fully home
+    counts); it is NaN where the chain did not reach the stage.
     """
     runs, hand_offs = [], []
     for k, stage in enumerate(stages):
@@ -192,28 +202,39 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
             raise ValueError(f"inits must be [{len(stages)}, N, 3], got shape {inits.shape}")
         if len(params) != len(stages):
             raise ValueError(f"need one params entry per stage ({len(stages)}), got {len(params)}")
-        n = inits.shape[1]
-        pad = -n % batch_size  # every call runs whole batches: one compiled shape per stage
-        padded = jnp.concatenate([inits, jnp.broadcast_to(inits[:, :1], (len(stages), pad, 3))], axis=1)
-        keys = jax.vmap(lambda k: jax.random.split(k, n + pad))(jax.random.split(key, len(stages)))  # [K, N + pad]
-        success, moved = [[] for _ in stages], [[] for _ in stages]
-        for b in range(0, n + pad, batch_size):
-            start, going = None, np.arange(b, b + batch_size) < n  # padding never keeps a batch going
-            for k in range(len(stages)):
-                if not going.any():
-                    success[k].append(np.zeros(batch_size, bool))
-                    moved[k].append(np.full(batch_size, np.nan, np.float32))
-                    continue
-                args = (params[k], keys[k, b: b + batch_size], padded[k, b: b + batch_size]) + ((start,) if k else ())
+        n_stages, n = inits.shape[:2]
+        # trial j's key at stage k does not depend on which trials are still going, nor on the batch size
+        keys = jax.vmap(lambda k: jax.random.split(k, n))(jax.random.split(key, n_stages))
+        success = np.zeros((n_stages, n), bool)
+        moved = np.full((n_stages, n), np.nan, np.float32)
+        going, start = np.arange(n), None  # the chains still going and their starts, in step
+        for k in range(n_stages):
+            if going.size == 0:  # every chain has failed: the later (slowest) stages are not run
+                break
+            m = going.size
+            rows = np.concatenate([going, np.full(-m % batch_size, going[0])])  # whole batches: one compiled shape
+            if start is not None:
+                start = jax.tree.map(lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (len(rows) - m,) + x.shape[1:])]),
+                                     start)
+            oks, disps, hand_off = [], [], []
+            for b in range(0, len(rows), batch_size):
+                batch = rows[b: b + batch_size]
+                args = (params[k], keys[k, batch], inits[k, batch])
+                if start is not None:
+                    args += (jax.tree.map(lambda x: x[b: b + batch_size], start),)
                 state, ok, disp = runs[k](*args)
-                going = going & np.asarray(ok)
-                success[k].append(going)
-                moved[k].append(np.asarray(disp))
-                if k + 1 < len(stages) and going.any():
-                    start = hand_offs[k](state)
-        stage_success = np.stack([np.concatenate(s)[:n] for s in success])
-        return ChainResult(stage_success=stage_success, sequence_success=sequence_outcomes(stage_success),
-                           displacement=np.stack([np.concatenate(m)[:n] for m in moved]), inits=np.asarray(inits))
+                oks.append(np.asarray(ok))
+                disps.append(np.asarray(disp))
+                if k + 1 < n_stages:
+                    hand_off.append(hand_offs[k](state))
+            ok = np.concatenate(oks)[:m]
+            success[k, going] = ok
+            moved[k, going] = np.concatenate(disps)[:m]
+            if k + 1 < n_stages:
+                start = jax.tree.map(lambda *x: jnp.concatenate(x)[:m][ok], *hand_off)
+            going = going[ok]
+        return ChainResult(stage_success=success, sequence_success=sequence_outcomes(success), displacement=moved,
+                           inits=np.asarray(inits))
 
     return evaluate
 
