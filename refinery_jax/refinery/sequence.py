@@ -161,8 +161,9 @@ ChainEvaluator = Callable[[Sequence, jax.Array, jax.Array], ChainResult]  # (par
 
 def chain_batch_size(trials: int, most: int = 64) -> int:
     """The batch size that splits `trials` chained trials into the fewest near-equal batches
-    of at most `most`: small enough that a deep stage few chains reach runs few padded
-    lanes, large enough to keep the vmapped step busy (200 trials → 4 batches of 50)."""
+    of at most `most` (200 trials → 4 batches of 50), so that a deep stage few chains reach
+    runs few padded lanes. How small a batch still keeps the vmapped step efficient on a
+    given device is not measured; 64 is a guess for CPU."""
     if trials < 1:
         raise ValueError(f"need at least one trial, got {trials}")
     batches = -(-trials // most)
@@ -212,16 +213,14 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
             if going.size == 0:  # every chain has failed: the later (slowest) stages are not run
                 break
             m = going.size
-            rows = np.concatenate([going, np.full(-m % batch_size, going[0])])  # whole batches: one compiled shape
-            if start is not None:
-                start = jax.tree.map(lambda x: jnp.concatenate([x, jnp.broadcast_to(x[:1], (len(rows) - m,) + x.shape[1:])]),
-                                     start)
+            # whole batches (one compiled shape), padded with copies of the first chain still going
+            slots = np.concatenate([np.arange(m), np.zeros(-m % batch_size, int)])
             oks, disps, hand_off = [], [], []
-            for b in range(0, len(rows), batch_size):
-                batch = rows[b: b + batch_size]
-                args = (params[k], keys[k, batch], inits[k, batch])
+            for b in range(0, len(slots), batch_size):
+                batch = slots[b: b + batch_size]  # positions in `going` (and in `start`)
+                args = (params[k], keys[k, going[batch]], inits[k, going[batch]])
                 if start is not None:
-                    args += (jax.tree.map(lambda x: x[b: b + batch_size], start),)
+                    args += (jax.tree.map(lambda x: x[batch], start),)
                 state, ok, disp = runs[k](*args)
                 oks.append(np.asarray(ok))
                 disps.append(np.asarray(disp))
