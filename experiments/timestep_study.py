@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from refinery_jax.assets.scene import PhysicsConfig
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, max_penetration
+from refinery_jax.envs.physics import BACKENDS, resolve_backend
 from refinery_jax.envs.scripted import run_scripted_episode
 
 TUNNEL_MARGIN = 0.5e-3
@@ -37,15 +38,16 @@ def _push(env, key, init, direction, steps=30):
     def body(carry, _):
         state, worst = carry
         state = env.step(state, action)
-        return (state, jnp.maximum(worst, max_penetration(state.data))), None
+        penetration = max_penetration(state.physics) if env.backend_name == "mjx" else jnp.full((), jnp.nan)
+        return (state, jnp.maximum(worst, penetration)), None
 
     (state, worst), _ = jax.lax.scan(body, (state, jnp.zeros(())), None, length=steps)
     return state, worst
 
 
-def study(timestep: float, task: str, starts: int) -> dict:
+def study(timestep: float, task: str, starts: int, backend: str) -> dict:
     physics = PhysicsConfig(timestep=timestep, contact_timeconst=max(PhysicsConfig().contact_timeconst, 2 * timestep))
-    env = AssemblyEnv(EnvConfig(task=task, physics=physics))
+    env = AssemblyEnv(EnvConfig(task=task, physics=physics, backend=backend))
     a = env.assembly
     half_hole = 0.008 + a.clearance  # the square pegs are 16 mm wide
     keys = jax.random.split(jax.random.key(0), starts)
@@ -55,8 +57,8 @@ def study(timestep: float, task: str, starts: int) -> dict:
     push = jax.jit(jax.vmap(_push, in_axes=(None, 0, 0, None)), static_argnums=0)
     down, pen_down = push(env, keys, on_wall, jnp.array([0.0, 0.0, -1.0]))
     side, pen_side = push(env, keys, inside, jnp.array([1.0, 0.0, 0.0]))
-    z_down, _, _ = jax.vmap(env.goal_errors)(down.data, down.info)
-    _, xy_side, _ = jax.vmap(env.goal_errors)(side.data, side.info)
+    z_down, _, _ = jax.vmap(env.goal_errors)(down.physics, down.info)
+    _, xy_side, _ = jax.vmap(env.goal_errors)(side.physics, side.info)
     tunnelled = (z_down < a.depth - TUNNEL_MARGIN) | (xy_side > a.clearance + TUNNEL_MARGIN)
 
     inits = jnp.array([0.0, 0.0, a.depth + 0.015]) + jax.random.uniform(
@@ -72,6 +74,7 @@ def study(timestep: float, task: str, starts: int) -> dict:
     jax.block_until_ready(states)
     return {
         "timestep": timestep,
+        "backend": backend,
         "decimation": env.config.decimation,
         "contact_timeconst": physics.contact_timeconst,
         "max_penetration_push_mm": float(jnp.maximum(pen_down.max(), pen_side.max())) * 1e3,
@@ -89,10 +92,16 @@ def main():
     parser.add_argument("--task", default="square_peg_tight")
     parser.add_argument("--starts", type=int, default=32)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--backend", default="mjx", choices=BACKENDS,
+                        help="physics (default mjx: penetration is read from MJX's contacts; NaN on c)")
     args = parser.parse_args()
+    try:
+        backend = resolve_backend(args.backend)
+    except ValueError as error:
+        parser.error(str(error))
     rows = []
     for dt in (float(t) for t in args.timesteps.split(",")):
-        row = study(dt, args.task, args.starts)
+        row = study(dt, args.task, args.starts, backend)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:

@@ -3,7 +3,8 @@
 For each task and embodiment: `--num-starts` episodes from randomised starts near the
 nominal one (θ = (0, 0, depth + 15 mm) + U(±`--spread`)^3, plus the environment's usual
 socket-pose and plug-yaw randomisation), run in one vmapped batch. Reports the scripted
-success rate and the deepest contact penetration seen in any step.
+success rate and the deepest contact penetration seen in any step (read from MJX's
+contacts: NaN with `--backend c`).
 
 `--multipart` validates the stages of the multi-part assemblies instead (all registered,
 or `--assemblies a,b`). Per stage, besides success and penetration: the largest
@@ -31,13 +32,14 @@ from refinery_jax.assets.multipart import multipart_names, stage_names
 from refinery_jax.assets.registry import task_names
 from refinery_jax.assets.scene import EMBODIMENTS
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+from refinery_jax.envs.physics import BACKENDS, resolve_backend
 from refinery_jax.envs.scripted import run_scripted_episode, run_scripted_episode_metrics
 
 NOMINAL_HEIGHT = 0.015  # tip above the socket's top face at the nominal start (m)
 
 
-def validate(task: str, embodiment: str, num_starts: int, spread: float, seed: int) -> dict:
-    env = AssemblyEnv(EnvConfig(task=task, embodiment=embodiment))
+def validate(task: str, embodiment: str, num_starts: int, spread: float, seed: int, backend: str) -> dict:
+    env = AssemblyEnv(EnvConfig(task=task, embodiment=embodiment, backend=backend))
     key_inits, key_episodes = jax.random.split(jax.random.key(seed))
     nominal = jnp.array([0.0, 0.0, env.assembly.depth + NOMINAL_HEIGHT])
     inits = nominal + jax.random.uniform(key_inits, (num_starts, 3), minval=-spread, maxval=spread)
@@ -47,6 +49,7 @@ def validate(task: str, embodiment: str, num_starts: int, spread: float, seed: i
     success = jax.block_until_ready(success)
     return {
         "task": task,
+        "backend": env.backend_name,
         "embodiment": embodiment,
         "scripted_success_rate": float(jnp.mean(success)),
         "max_penetration_mm": float(jnp.max(penetration)) * 1e3,
@@ -56,9 +59,9 @@ def validate(task: str, embodiment: str, num_starts: int, spread: float, seed: i
     }
 
 
-def validate_stage(task: str, embodiment: str, num_starts: int, spread: float, seed: int) -> dict:
+def validate_stage(task: str, embodiment: str, num_starts: int, spread: float, seed: int, backend: str) -> dict:
     """Scripted insertions and as many hold episodes of one multi-part stage, in one batch."""
-    env = AssemblyEnv(EnvConfig(task=task, embodiment=embodiment))
+    env = AssemblyEnv(EnvConfig(task=task, embodiment=embodiment, backend=backend))
     key_inits, key_episodes = jax.random.split(jax.random.key(seed))
     nominal = jnp.array([0.0, 0.0, env.assembly.depth + NOMINAL_HEIGHT])
     inits = nominal + jax.random.uniform(key_inits, (num_starts, 3), minval=-spread, maxval=spread)
@@ -73,6 +76,7 @@ def validate_stage(task: str, embodiment: str, num_starts: int, spread: float, s
     mm = lambda x: float(x) * 1e3  # noqa: E731
     return {
         "task": task,
+        "backend": env.backend_name,
         "embodiment": embodiment,
         "loose_parts": len(env.assembly.free_parts),
         "scripted_success_rate": float(jnp.mean(out["success"][scripted])),
@@ -99,7 +103,14 @@ def main():
     parser.add_argument("--multipart", action="store_true", help="validate the stages of multi-part assemblies")
     parser.add_argument("--assemblies", default=",".join(multipart_names()),
                         help="with --multipart: comma-separated assembly names")
+    parser.add_argument("--backend", default="mjx", choices=BACKENDS,
+                        help="physics (default mjx, whose contacts give the penetration; c: success and "
+                             "displacements only)")
     args = parser.parse_args()
+    try:
+        backend = resolve_backend(args.backend)
+    except ValueError as error:
+        parser.error(str(error))
     tasks, embodiments = args.tasks.split(","), args.embodiments.split(",")
     if args.num_starts is None:
         args.num_starts = 16 if args.multipart else 128
@@ -121,12 +132,12 @@ def main():
     for embodiment in embodiments:
         for task in tasks:
             if not args.multipart:
-                row = validate(task, embodiment, args.num_starts, args.spread, args.seed)
+                row = validate(task, embodiment, args.num_starts, args.spread, args.seed, backend)
                 rows.append(row)
                 print(f"{task:28s} {embodiment:14s} success {row['scripted_success_rate']:.3f}  "
                       f"max penetration {row['max_penetration_mm']:.3f} mm  ({row['wall_s']:.0f} s)", flush=True)
                 continue
-            row = validate_stage(task, embodiment, args.num_starts, args.spread, args.seed)
+            row = validate_stage(task, embodiment, args.num_starts, args.spread, args.seed, backend)
             rows.append(row)
             print(f"{task:18s} {embodiment:14s} success {row['scripted_success_rate']:.3f}  "
                   f"penetration {row['max_penetration_mm']:.3f} mm  earlier parts moved max "

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from refinery_jax.envs.assembly_env import EnvConfig
+from refinery_jax.envs.assembly_env import EnvConfig, observation_slice
 from refinery_jax.evaluation import make_evaluate
 from refinery_jax.ppo import PPOConfig, default_hyperparams, make_trainer
 from refinery_jax.refinery import (
@@ -152,7 +152,8 @@ def p_controller(train_state):
     (l0, d0), (l1, d1) = sorted(actor.items())
     hidden = actor[l0]["kernel"].shape[1]
     obs_dim = actor[l0]["kernel"].shape[0]
-    w0 = jnp.zeros((obs_dim, hidden)).at[obs_dim - 3 + jnp.arange(3), jnp.arange(3)].set(1.0)
+    error = observation_slice("goal_minus_fingertip")
+    w0 = jnp.zeros((obs_dim, hidden)).at[error.start + jnp.arange(3), jnp.arange(3)].set(1.0)
     offset = 10.0  # keeps the ELU in its linear part
     actor[l0] = {"kernel": w0, "bias": jnp.full(hidden, offset)}
     w1 = jnp.zeros((hidden, 6)).at[jnp.arange(3), jnp.arange(3)].set(GAIN)

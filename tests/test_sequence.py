@@ -137,20 +137,20 @@ def test_chained_reset_places_loose_parts_exactly(envs):
     sock_pos, sock_quat = jnp.array([0.01, -0.02, 0.03]), yaw_quat(jnp.asarray(0.1))
     assembled = env1.assembled_start(sock_pos + jnp.asarray(env1.mj_model.body("socket").pos), sock_quat)
     state = reset1(key, init, assembled)
-    assert float(env1.prior_part_displacement(state.data)) < EXACT
-    np.testing.assert_allclose(env1.socket_pose(state.data)[0], assembled.socket_pos, atol=1e-7)
+    assert float(env1.prior_part_displacement(state.physics)) < EXACT
+    np.testing.assert_allclose(env1.socket_pose(state.physics)[0], assembled.socket_pos, atol=1e-7)
     # a shifted and tilted pose is reproduced, and its displacement measured
     shift = jnp.array([[0.001, 0.0, 0.0]])
     tilt = quat_mul(assembled.part_quat[0], jnp.array([jnp.cos(0.01), jnp.sin(0.01), 0.0, 0.0]))[None]
     moved = StageStart(socket_pos=assembled.socket_pos, socket_quat=sock_quat,
                        part_pos=assembled.part_pos + shift, part_quat=assembled.part_quat)
     state = reset1(key, init, moved)
-    pos, quat = env1.loose_part_poses(state.data)
+    pos, quat = env1.loose_part_poses(state.physics)
     np.testing.assert_allclose(pos, moved.part_pos, atol=1e-7)
-    assert float(env1.prior_part_displacement(state.data)) == pytest.approx(0.001, abs=EXACT)
+    assert float(env1.prior_part_displacement(state.physics)) == pytest.approx(0.001, abs=EXACT)
     state = reset1(key, init, moved.replace(part_pos=assembled.part_pos, part_quat=tilt))
-    np.testing.assert_allclose(env1.loose_part_poses(state.data)[1], tilt / jnp.linalg.norm(tilt), atol=1e-6)
-    assert float(env1.prior_part_displacement(state.data)) > 1e-4
+    np.testing.assert_allclose(env1.loose_part_poses(state.physics)[1], tilt / jnp.linalg.norm(tilt), atol=1e-6)
+    assert float(env1.prior_part_displacement(state.physics)) > 1e-4
     # the wrong number of parts is refused
     with pytest.raises(ValueError, match="loose part"):
         env1.reset(key, init, moved.replace(part_pos=jnp.zeros((2, 3)), part_quat=jnp.zeros((2, 4))))
@@ -165,11 +165,11 @@ def test_hand_off_from_an_inserted_plug_is_the_assembled_next_stage(envs):
     start = jax.vmap(lambda s: chain_start(env0, env1, s))(end0)
     assert start.part_pos.shape == (2, 1, 3) and start.part_quat.shape == (2, 1, 4)
     state1 = jax.vmap(reset1)(keys, jnp.broadcast_to(jnp.asarray(env1.init_high), (2, 3)), start)
-    disp = jax.vmap(env1.prior_part_displacement)(state1.data)
+    disp = jax.vmap(env1.prior_part_displacement)(state1.physics)
     assert float(jnp.max(disp)) < 1e-4, disp  # the IK's residual only
     # the base did not move: its pose is stage 0's socket minus stage 0's origin, in both stages
-    s0, q0 = jax.vmap(env0.socket_pose)(end0.data)
-    s1, q1 = jax.vmap(env1.socket_pose)(state1.data)
+    s0, q0 = jax.vmap(env0.socket_pose)(end0.physics)
+    s1, q1 = jax.vmap(env1.socket_pose)(state1.physics)
     np.testing.assert_allclose(q0, q1)
     offset = jnp.asarray(next_socket_offset(env0.assembly, env1.assembly), jnp.float32)
     np.testing.assert_allclose(s1 - s0, jax.vmap(lambda q: rotate(q, offset))(q0), atol=1e-6)

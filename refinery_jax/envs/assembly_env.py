@@ -1,4 +1,4 @@
-"""The insertion environment: pure `reset(key, init)` and `step(state, action)` on MJX.
+"""The insertion environment: pure `reset(key, init)` and `step(state, action)`.
 
 An initial condition is an explicit array `init = θ` (3,): the plug tip's offset from
 its goal pose, in the socket (goal) frame. Everything else that varies between
@@ -17,6 +17,10 @@ pushed them. Observation, action and success are those of the 2-part tasks. For 
 sequences (`refinery.sequence`), `reset(key, init, start=StageStart(...))` takes the socket
 pose and the loose parts' world poses instead (the previous stage's physical end state);
 without `start` the code path is the one above.
+
+Physics is a backend (`envs.physics`): MJX, or C MuJoCo behind a callback (the default on
+CPU). Everything here (reset, observation, reward, success) is JAX and reads the
+simulation only through `Physics`, the same on both.
 """
 
 from __future__ import annotations
@@ -29,12 +33,14 @@ import jax.numpy as jnp
 import mujoco
 import numpy as np
 from flax import struct
-from mujoco import mjx
 
 from refinery_jax.assets.registry import DEFAULT_TASK, get_assembly
 from refinery_jax.assets.scene import PhysicsConfig, check_actuation, embodiment_spec, free_part_body_name, scene_xml
 from refinery_jax.envs import control
 from refinery_jax.envs.control import ControlConfig
+from refinery_jax.envs.kinematics import chain_from_model, fingertip_pose, solve_ik
+from refinery_jax.envs.physics import Physics, PhysicsSpec, make_backend, resolve_backend
+from refinery_jax.envs.physics.mjx_backend import max_penetration  # noqa: F401  (re-exported)
 from refinery_jax.envs.rotations import canonical, quat_mul, rotate, yaw_quat
 
 # Loose part j (0-based, insertion order) starts this much times (j + 1) below its assembled pose,
@@ -44,10 +50,25 @@ from refinery_jax.envs.rotations import canonical, quat_mul, rotate, yaw_quat
 # at least this much. See scene.LOOSE_PART_SOLIMP.
 LOOSE_PART_SINK = 5e-6  # m
 
-POLICY_OBS_SIZE = 24
-CRITIC_OBS_SIZE = 44
 ACTION_SIZE = 6
 MAX_JOINTS = 7  # observation pads joint vectors to the Franka's 7 so embodiments share spaces
+# the policy observation, in order (name, size); the critic's adds CRITIC_EXTRA after it
+POLICY_OBS = (("joint_pos", MAX_JOINTS), ("fingertip_pos", 3), ("fingertip_quat", 4), ("goal_pos", 3),
+              ("goal_quat", 4), ("goal_minus_fingertip", 3), ("prev_action", ACTION_SIZE), ("progress", 1))
+CRITIC_EXTRA = (("joint_vel", MAX_JOINTS), ("fingertip_vel", 6), ("tip_minus_true_goal", 3),
+                ("fingertip_quat", 4))
+POLICY_OBS_SIZE = sum(n for _, n in POLICY_OBS)                    # 31
+CRITIC_OBS_SIZE = POLICY_OBS_SIZE + sum(n for _, n in CRITIC_EXTRA)  # 51
+
+
+def observation_slice(name: str) -> slice:
+    """Where a named part of the policy observation lies (POLICY_OBS)."""
+    start = 0
+    for part, size in POLICY_OBS:
+        if part == name:
+            return slice(start, start + size)
+        start += size
+    raise KeyError(f"no {name!r} in the policy observation; parts: {[p for p, _ in POLICY_OBS]}")
 
 DEFAULT_REWARD_WEIGHTS = (
     ("keypoint_baseline", 1.0),
@@ -64,6 +85,7 @@ class EnvConfig:
 
     task: str = DEFAULT_TASK
     embodiment: str = "floating_hand"
+    backend: str = "auto"         # physics: "mjx", "c" (C MuJoCo) or "auto" (c on CPU, mjx on GPU/TPU)
     physics: PhysicsConfig = PhysicsConfig()
     control: ControlConfig = ControlConfig()
     control_hz: float = 15.0
@@ -133,9 +155,9 @@ class StageStart:
 
 @struct.dataclass
 class EnvState:
-    data: mjx.Data
-    obs: jax.Array             # [24] policy observation
-    critic_obs: jax.Array      # [44] privileged observation
+    physics: Physics
+    obs: jax.Array             # [31] policy observation
+    critic_obs: jax.Array      # [51] privileged observation
     reward: jax.Array          # []
     terms: dict                # named reward terms (unweighted), each []
     success: jax.Array         # [] bool, success at this step
@@ -165,12 +187,18 @@ class AssemblyEnv:
         self.config = config
         self.assembly = get_assembly(config.task)
         self.spec = embodiment_spec(config.embodiment)
+        self.backend_name = resolve_backend(config.backend)
         self.xml = scene_xml(self.assembly, config.embodiment, config.physics)
         self.mj_model = mujoco.MjModel.from_xml_string(self.xml)
         check_actuation(self.mj_model)
-        self.model = mjx.put_model(self.mj_model, impl="jax")
         self.fingertip_body = self.mj_model.body("fingertip").id
         self._socket_mocap = int(self.mj_model.body("socket").mocapid[0])
+        self.physics = make_backend(self.backend_name, PhysicsSpec(
+            mj_model=self.mj_model, fingertip_body=self.fingertip_body, socket_mocap=self._socket_mocap,
+            num_dofs=self.spec.num_dofs, home_qpos=np.asarray(self.spec.home_qpos),
+            torque_limits=np.asarray(self.spec.torque_limits), control=config.control, decimation=config.decimation))
+        self.chain = chain_from_model(self.mj_model, self.fingertip_body, self.spec.num_dofs)
+        self._qpos0 = jnp.asarray(self.mj_model.qpos0, jnp.float32)
         # loose parts (earlier stages of a multi-part assembly): free joints after the robot's dofs
         free = self.assembly.free_parts
         self._free_qposadr = np.array([self.mj_model.joint(f"{free_part_body_name(j)}_free").qposadr[0]
@@ -181,8 +209,7 @@ class AssemblyEnv:
                    for lo, hi in (p.bounds() for p in free)]
         self._free_corners = jnp.asarray(np.array(corners, dtype=np.float32).reshape(-1, 8, 3))
         self._n = self.spec.num_dofs
-        self._home = jnp.asarray(self.spec.home_qpos)
-        self._torque_limits = jnp.asarray(self.spec.torque_limits)
+        self._home = jnp.asarray(self.spec.home_qpos, jnp.float32)
         self._weights = dict(config.reward_weights)
         a = self.assembly
         # keypoints along the plug axis, tip to grasp, in the plug frame
@@ -236,15 +263,14 @@ class AssemblyEnv:
         tip = goal_pos + rotate(socket_quat, init)
         fingertip = tip + jnp.array([0.0, 0.0, self.assembly.plug_length])
 
-        d = mjx.make_data(self.model)
-        d = d.replace(mocap_pos=d.mocap_pos.at[self._socket_mocap].set(socket_pos),
-                      mocap_quat=d.mocap_quat.at[self._socket_mocap].set(socket_quat))
+        qpos = self._qpos0
         if start is not None:
-            d = d.replace(qpos=self._set_free_parts(d.qpos, start.part_pos, start.part_quat))
+            qpos = self._set_free_parts(qpos, start.part_pos, start.part_quat)
         elif len(self._free_qposadr):
-            d = d.replace(qpos=self._place_free_parts(d.qpos, socket_pos, socket_quat))
-        q = control.solve_ik(self.model, d, self.fingertip_body, self._n, fingertip, start_quat, self._home)
-        d = mjx.forward(self.model, d.replace(qpos=d.qpos.at[: self._n].set(q)))
+            qpos = self._place_free_parts(qpos, socket_pos, socket_quat)
+        q = solve_ik(self.chain, fingertip, start_quat, self._home)
+        tip_pos, tip_quat = fingertip_pose(self.chain, q)
+        physics = self.physics.init(qpos.at[: self._n].set(q), socket_pos, socket_quat, tip_pos, tip_quat)
 
         obs_pos_noise = jax.random.uniform(k_obs_p, (3,), minval=-c.obs_pos_noise, maxval=c.obs_pos_noise)
         obs_yaw_noise = jax.random.uniform(k_obs_y, (), minval=-c.obs_yaw_noise, maxval=c.obs_yaw_noise)
@@ -258,7 +284,7 @@ class AssemblyEnv:
             frame_noise=c.action_frame_noise * jax.random.normal(k_frame, (3,)),
             prev_action=jnp.zeros(ACTION_SIZE),
         )
-        return self._observe(d, info, terminated=jnp.zeros((), bool))
+        return self._observe(physics, info, terminated=jnp.zeros((), bool))
 
     def _assembled_poses(self, socket_pos, socket_quat):
         """World positions [k, 3] of the loose parts' frames when assembled (their yaw is the socket's)."""
@@ -282,11 +308,11 @@ class AssemblyEnv:
         return StageStart(socket_pos=socket_pos, socket_quat=socket_quat, part_pos=pos,
                           part_quat=jnp.broadcast_to(socket_quat, (pos.shape[0], 4)))
 
-    def socket_pose(self, d: mjx.Data) -> tuple[jax.Array, jax.Array]:
+    def socket_pose(self, d: Physics) -> tuple[jax.Array, jax.Array]:
         """(position [3], quaternion [4]) of the socket this episode."""
-        return d.mocap_pos[self._socket_mocap], d.mocap_quat[self._socket_mocap]
+        return d.socket_pos, d.socket_quat
 
-    def loose_part_poses(self, d: mjx.Data) -> tuple[jax.Array, jax.Array]:
+    def loose_part_poses(self, d: Physics) -> tuple[jax.Array, jax.Array]:
         """World (positions [k, 3], unit quaternions [k, 4]) of the loose parts, insertion order."""
         if not len(self._free_qposadr):
             return jnp.zeros((0, 3)), jnp.zeros((0, 4))
@@ -294,7 +320,7 @@ class AssemblyEnv:
         quat = jnp.stack([d.qpos[adr + 3: adr + 7] for adr in self._free_qposadr])
         return pos, quat / jnp.linalg.norm(quat, axis=-1, keepdims=True)
 
-    def prior_part_displacements(self, d: mjx.Data) -> jax.Array:
+    def prior_part_displacements(self, d: Physics) -> jax.Array:
         """How far each loose part is from its assembled pose: [k] metres.
 
         The largest displacement of the corners of the part's bounding box, so tilting
@@ -302,7 +328,7 @@ class AssemblyEnv:
         """
         if not len(self._free_qposadr):
             return jnp.zeros((0,))
-        socket_pos, socket_quat = d.mocap_pos[self._socket_mocap], d.mocap_quat[self._socket_mocap]
+        socket_pos, socket_quat = d.socket_pos, d.socket_quat
         goal = self._assembled_poses(socket_pos, socket_quat)
 
         def one(j, adr):
@@ -314,7 +340,7 @@ class AssemblyEnv:
 
         return jnp.stack([one(j, int(adr)) for j, adr in enumerate(self._free_qposadr)])
 
-    def prior_part_displacement(self, d: mjx.Data) -> jax.Array:
+    def prior_part_displacement(self, d: Physics) -> jax.Array:
         """The largest displacement of any loose part from its assembled pose: [] metres (0 if none)."""
         return jnp.max(self.prior_part_displacements(d), initial=0.0)
 
@@ -323,53 +349,42 @@ class AssemblyEnv:
     def step(self, state: EnvState, action: jax.Array) -> EnvState:
         """One 15 Hz control step: action [6] in [-1, 1] (x, y, z, roll, pitch, yaw)."""
         info = state.info
-        pos, quat = state.data.xpos[self.fingertip_body], state.data.xquat[self.fingertip_body]
         fingertip_goal = info.goal_pos + jnp.array([0.0, 0.0, self.assembly.plug_length])
         smoothed, pos_target, quat_target = control.smooth_and_target(
-            action, info.prev_action, pos, quat, fingertip_goal, info.frame_noise, self.config.control)
+            action, info.prev_action, state.physics.tip_pos, state.physics.tip_quat, fingertip_goal, info.frame_noise,
+            self.config.control)
 
-        data = self.track(state.data, pos_target, quat_target)
-        diverged = self._diverged(data, info)
+        physics, failed = self.physics.step(state.physics, pos_target, quat_target)
+        diverged = failed | self._diverged(physics, info)
         # never propagate a blown-up simulation: fall back to the previous state, at rest and
         # scrubbed of non-finite values, and end the episode so the auto-reset restarts it
-        fallback = jax.tree.map(jnp.nan_to_num, state.data)
-        fallback = fallback.replace(qvel=jnp.zeros_like(fallback.qvel))
-        data = jax.tree.map(lambda new, old: jnp.where(diverged, old, new), data, fallback)
+        fallback = self.physics.at_rest(state.physics)
+        physics = jax.tree.map(lambda new, old: jnp.where(diverged, old, new), physics, fallback)
         info = info.replace(step=info.step + 1, prev_action=smoothed)
-        return self._observe(data, info, terminated=diverged)
+        return self._observe(physics, info, terminated=diverged)
 
-    def track(self, data: mjx.Data, pos_target: jax.Array, quat_target: jax.Array) -> mjx.Data:
-        """Run one control period of physics with the impedance controller on a fingertip target."""
+    def track(self, physics: Physics, pos_target: jax.Array, quat_target: jax.Array) -> Physics:
+        """One control period of physics with the impedance controller on a fingertip target."""
+        return self.physics.step(physics, pos_target, quat_target)[0]
 
-        def physics_step(d, _):
-            p, q, jac, mass = control.fingertip_state(self.model, d, self.fingertip_body, self._n)
-            tau = control.impedance_torques(p, q, jac, mass, d.qpos[: self._n], d.qvel[: self._n], pos_target,
-                                            quat_target, self._home, self._torque_limits, self.config.control)
-            return mjx.step(self.model, d.replace(ctrl=tau)), None
-
-        data, _ = jax.lax.scan(physics_step, data, None, length=self.config.decimation)
-        return data
-
-    def _diverged(self, d: mjx.Data, info: EpisodeInfo) -> jax.Array:
+    def _diverged(self, d: Physics, info: EpisodeInfo) -> jax.Array:
         finite = jnp.all(jnp.isfinite(d.qpos)) & jnp.all(jnp.isfinite(d.qvel))
         fast = jnp.max(jnp.abs(d.qvel)) > 1e3
-        far = jnp.linalg.norm(d.xpos[self.fingertip_body] - info.goal_pos) > 1.0
+        far = jnp.linalg.norm(d.tip_pos - info.goal_pos) > 1.0
         return ~finite | fast | far
 
     # ------------------------------------------------------------------ observation, reward, success
 
-    def plug_tip(self, d: mjx.Data) -> jax.Array:
-        quat = d.xquat[self.fingertip_body]
-        return d.xpos[self.fingertip_body] + rotate(quat, jnp.array([0.0, 0.0, -self.assembly.plug_length]))
+    def plug_tip(self, d: Physics) -> jax.Array:
+        return d.tip_pos + rotate(d.tip_quat, jnp.array([0.0, 0.0, -self.assembly.plug_length]))
 
-    def fingertip_velocity(self, d: mjx.Data):
+    def fingertip_velocity(self, d: Physics):
         """(linear [3], angular [3]) world-frame velocity of the fingertip."""
-        jacp, jacr = mjx.jac(self.model, d, d.xpos[self.fingertip_body], self.fingertip_body)
-        return jacp.T @ d.qvel, jacr.T @ d.qvel
+        return d.tip_vel[:3], d.tip_vel[3:]
 
-    def goal_errors(self, d: mjx.Data, info: EpisodeInfo):
+    def goal_errors(self, d: Physics, info: EpisodeInfo):
         """(tip height above the goal, tip xy distance, mean keypoint distance) in metres."""
-        quat = d.xquat[self.fingertip_body]
+        quat = d.tip_quat
         tip = self.plug_tip(d)
         offset = rotate(info.goal_quat * jnp.array([1.0, -1.0, -1.0, -1.0]), tip - info.goal_pos)
         kp_plug = jax.vmap(lambda k: tip + rotate(quat, k))(self._keypoints)
@@ -377,7 +392,16 @@ class AssemblyEnv:
         kp_dist = jnp.mean(jnp.linalg.norm(kp_plug - kp_goal, axis=-1))
         return offset[2], jnp.linalg.norm(offset[:2]), kp_dist
 
-    def _observe(self, d: mjx.Data, info: EpisodeInfo, terminated) -> EnvState:
+    def advance_clock(self, state: EnvState, steps: jax.Array) -> EnvState:
+        """The same state, `steps` control steps later in its episode (the physics is unchanged).
+
+        A learner staggers its environments' episode starts with it, so that a rollout
+        does not see every episode in the same phase.
+        """
+        info = state.info.replace(step=state.info.step + steps)
+        return self._observe(state.physics, info, state.terminated)
+
+    def _observe(self, d: Physics, info: EpisodeInfo, terminated) -> EnvState:
         c, depth = self.config, self.assembly.depth
         z_err, xy_err, kp_dist = self.goal_errors(d, info)
         success = (z_err < c.success_depth_fraction * depth) & (kp_dist < c.success_keypoint_fraction * depth)
@@ -389,19 +413,14 @@ class AssemblyEnv:
             "engaged": engaged.astype(jnp.float32),
             "success": success.astype(jnp.float32),
         }
-        pos, quat = d.xpos[self.fingertip_body], canonical(d.xquat[self.fingertip_body])
+        pos, quat = d.tip_pos, canonical(d.tip_quat)
         qpos = jnp.zeros(MAX_JOINTS).at[: self._n].set(d.qpos[: self._n])
         qvel = jnp.zeros(MAX_JOINTS).at[: self._n].set(d.qvel[: self._n])
-        obs = jnp.concatenate([qpos, pos, quat, info.obs_goal_pos, info.obs_goal_quat, info.obs_goal_pos - pos])
-        lin_vel, ang_vel = self.fingertip_velocity(d)
-        critic_obs = jnp.concatenate([obs, qvel, lin_vel, ang_vel, self.plug_tip(d) - info.goal_pos, quat])
+        progress = (info.step / c.episode_steps)[None]
+        obs = jnp.concatenate([qpos, pos, quat, info.obs_goal_pos, info.obs_goal_quat, info.obs_goal_pos - pos,
+                               info.prev_action, progress])
+        critic_obs = jnp.concatenate([obs, qvel, d.tip_vel, self.plug_tip(d) - info.goal_pos, quat])
         return EnvState(
-            data=d, obs=obs, critic_obs=critic_obs,
+            physics=d, obs=obs, critic_obs=critic_obs,
             reward=combine_reward(terms, self._weights), terms=terms, success=success,
             terminated=terminated, truncated=info.step >= c.episode_steps, info=info)
-
-
-def max_penetration(d: mjx.Data) -> jax.Array:
-    """Deepest contact penetration (m, >= 0) among the contacts MJX computed this step."""
-    dist = d._impl.contact.dist  # noqa: SLF001  (MJX keeps contacts in its JAX impl)
-    return jnp.maximum(0.0, -jnp.min(dist, initial=jnp.inf))

@@ -1,15 +1,14 @@
-"""AutoMate's action handling and task-space impedance controller, plus reset-time IK.
+"""AutoMate's action handling and task-space impedance controller.
 
-Everything here is a pure function of one environment's arrays; the environment vmaps.
+`smooth_and_target` turns a policy action into the control period's fingertip target;
+`impedance_torques` is the law a physics backend evaluates at every physics substep.
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-import jax
 import jax.numpy as jnp
-from mujoco import mjx
 
 from refinery_jax.envs.rotations import axis_angle_error, quat_yaw, yaw_quat
 
@@ -33,19 +32,6 @@ class ControlConfig:
         return tuple(2.0 * k ** 0.5 for k in self.kp)
 
 
-def fingertip_state(m: mjx.Model, d: mjx.Data, body_id: int, num_dofs: int):
-    """Fingertip pose, its [6, n] Jacobian (linear; angular) and the robot's [n, n] mass matrix.
-
-    Reads the kinematics MJX computed at the start of the last physics step, so the
-    controller lags the state by one physics step (1/240 s by default).
-    """
-    pos, quat = d.xpos[body_id], d.xquat[body_id]
-    jacp, jacr = mjx.jac(m, d, pos, body_id)
-    jac = jnp.concatenate([jacp.T, jacr.T])[:, :num_dofs]
-    mass = mjx.full_m(m, d)[:num_dofs, :num_dofs]
-    return pos, quat, jac, mass
-
-
 def smooth_and_target(action, prev_action, pos, quat, goal_pos, frame_noise, cfg: ControlConfig):
     """AutoMate's action handling: clip, EMA, scaled delta targets, bounded around the goal.
 
@@ -66,47 +52,33 @@ def smooth_and_target(action, prev_action, pos, quat, goal_pos, frame_noise, cfg
 
 
 def impedance_torques(pos, quat, jac, mass, qpos, qvel, pos_target, quat_target, home_qpos, torque_limits,
-                      cfg: ControlConfig):
+                      cfg: ControlConfig, xp=jnp):
     """Task-space impedance: tau = J^T (Kp e - Kd v) + null-space posture term.
 
-    Shapes: pos [3], quat [4], jac [6, n], mass [n, n], qpos/qvel/home_qpos [n].
-    The null-space term (I - J^T (Lambda J M^-1)) M (kp_null dq - kd_null qdot) pulls a
-    redundant arm toward its home posture without disturbing the fingertip; for a
-    6-DoF embodiment the projector is zero.
+    Shapes: pos [..., 3], quat [..., 4], jac [..., 6, n], mass [..., n, n], qpos/qvel [..., n],
+    home_qpos/torque_limits [n]; leading axes batch. `xp` is jax.numpy (the MJX backend,
+    per environment) or numpy (the C backend, every world at once between substeps), so
+    both backends run this one law. The null-space term
+    (I - J^T (Lambda J M^-1)) M (kp_null dq - kd_null qdot) pulls a redundant arm toward
+    its home posture without disturbing the fingertip; for a 6-DoF embodiment the
+    projector is zero and the term is skipped.
     """
-    kp, kd = jnp.asarray(cfg.kp), jnp.asarray(cfg.kd)
-    error = jnp.concatenate([pos_target - pos, axis_angle_error(quat_target, quat)])
-    wrench = kp * error - kd * (jac @ qvel)
-    tau = jac.T @ wrench
+    kp, kd = xp.asarray(cfg.kp, dtype=pos.dtype), xp.asarray(cfg.kd, dtype=pos.dtype)
+    jac_t = xp.swapaxes(jac, -1, -2)
+    error = xp.concatenate([pos_target - pos, axis_angle_error(quat_target, quat, xp)], axis=-1)
+    wrench = kp * error - kd * (jac @ qvel[..., None])[..., 0]
+    tau = (jac_t @ wrench[..., None])[..., 0]
 
-    n = qpos.shape[0]
-    mass_inv = jnp.linalg.inv(mass)
-    task_inertia = jnp.linalg.inv(jac @ mass_inv @ jac.T + 1e-6 * jnp.eye(6))
-    projector = jnp.eye(n) - jac.T @ (task_inertia @ jac @ mass_inv)
-    kd_null = 2.0 * cfg.kp_null ** 0.5
-    posture = mass @ (cfg.kp_null * (home_qpos - qpos) - kd_null * qvel)
-    tau = tau + projector @ posture
-    return jnp.clip(tau, -torque_limits, torque_limits)
+    n = qpos.shape[-1]
+    if n > 6:  # a redundant arm: posture control in the null space (for n = 6 the projector is zero)
+        eye_n, eye_6 = xp.eye(n, dtype=pos.dtype), xp.eye(6, dtype=pos.dtype)
+        mass_inv = xp.linalg.inv(mass)
+        jac_minv = jac @ mass_inv
+        task_inertia = xp.linalg.inv(jac_minv @ jac_t + 1e-6 * eye_6)
+        projector = eye_n - jac_t @ (task_inertia @ jac_minv)
+        kd_null = 2.0 * cfg.kp_null ** 0.5
+        posture = (mass @ (cfg.kp_null * (home_qpos - qpos) - kd_null * qvel)[..., None])[..., 0]
+        tau = tau + (projector @ posture[..., None])[..., 0]
+    return xp.clip(tau, -torque_limits, torque_limits)
 
 
-def solve_ik(m: mjx.Model, d: mjx.Data, body_id: int, num_dofs: int, pos_target, quat_target, q_seed,
-             iterations: int = 40, damping: float = 1e-2) -> jax.Array:
-    """Damped least-squares IK for the fingertip body; returns robot joint positions [n].
-
-    Joint limits (where the model has them) are enforced after every update.
-    """
-    limited = jnp.asarray(m.jnt_limited[:num_dofs], dtype=bool)
-    low = jnp.where(limited, m.jnt_range[:num_dofs, 0], -jnp.inf)
-    high = jnp.where(limited, m.jnt_range[:num_dofs, 1], jnp.inf)
-
-    def update(_, q):
-        dq = d.replace(qpos=d.qpos.at[:num_dofs].set(q))
-        dq = mjx.com_pos(m, mjx.kinematics(m, dq))
-        pos, quat = dq.xpos[body_id], dq.xquat[body_id]
-        jacp, jacr = mjx.jac(m, dq, pos, body_id)
-        jac = jnp.concatenate([jacp.T, jacr.T])[:, :num_dofs]
-        error = jnp.concatenate([pos_target - pos, axis_angle_error(quat_target, quat)])
-        step = jac.T @ jnp.linalg.solve(jac @ jac.T + damping ** 2 * jnp.eye(6), error)
-        return jnp.clip(q + step, low, high)
-
-    return jax.lax.fori_loop(0, iterations, update, q_seed)

@@ -55,8 +55,8 @@ def _disassemble_one(env: AssemblyEnv, cfg: DemoConfig, key: jax.Array):
     info = state.info
     goal_fingertip = info.goal_pos + jnp.array([0.0, 0.0, a.plug_length])
     goal_yaw = quat_yaw(info.goal_quat)
-    start_quat = state.data.xquat[env.fingertip_body]
-    start_pos = state.data.xpos[env.fingertip_body]
+    start_quat = state.physics.tip_quat
+    start_pos = state.physics.tip_pos
 
     lift_pos = start_pos + jnp.array([0.0, 0.0, cfg.lift_factor * a.depth])
     end_pos = goal_fingertip + jnp.array([0.0, 0.0, cfg.move_center_height]) + jax.random.uniform(
@@ -71,18 +71,17 @@ def _disassemble_one(env: AssemblyEnv, cfg: DemoConfig, key: jax.Array):
     yaw0, yaw1 = quat_yaw(start_quat), quat_yaw(end_quat)
     yaws = jnp.concatenate([jnp.full(cfg.lift_steps, yaw0), yaw0 + s_move[:, 0] * (yaw1 - yaw0)])
 
-    def control_step(data, target):
+    def control_step(physics, target):
         pos_target, yaw = target
-        data = env.track(data, pos_target, yaw_quat(yaw))
-        fingertip = data.xpos[env.fingertip_body]
-        return data, (fingertip - goal_fingertip, quat_yaw(data.xquat[env.fingertip_body]) - goal_yaw)
+        physics = env.track(physics, pos_target, yaw_quat(yaw))
+        return physics, (physics.tip_pos - goal_fingertip, quat_yaw(physics.tip_quat) - goal_yaw)
 
-    data, (path, yaw_path) = jax.lax.scan(control_step, state.data, (targets, yaws))
+    physics, (path, yaw_path) = jax.lax.scan(control_step, state.physics, (targets, yaws))
     # valid: the tip cleared the socket's top face after the lift, and the move was not
     # blocked (the fingertip ended within 1 cm of its target)
     lifted_tip_height = path[cfg.lift_steps - 1, 2]  # fingertip and tip rise together
     cleared = lifted_tip_height > a.depth + 0.005
-    reached = jnp.linalg.norm(data.xpos[env.fingertip_body] - end_pos) < 0.01
+    reached = jnp.linalg.norm(physics.tip_pos - end_pos) < 0.01
     valid = cleared & reached & jnp.all(jnp.isfinite(path))
     path = jnp.concatenate([(start_pos - goal_fingertip)[None], path])
     yaw_path = jnp.concatenate([(quat_yaw(start_quat) - goal_yaw)[None], yaw_path])

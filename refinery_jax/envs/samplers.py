@@ -44,25 +44,39 @@ def step_with_reset(env: AssemblyEnv, sampler: Sampler):
     belong to the step just taken (a learner bootstraps from `stepped.critic_obs` at a
     time-limit truncation). `next_states` equals `stepped` except where an episode
     finished: there it is a new episode's first state, from a fresh `sampler` draw.
-    Resets (IK included) cost about as much as a step, so they run only when some
-    episode in the batch has finished.
+
+    A reset (IK included) costs a good part of a step, and with staggered episodes a few
+    environments finish at every step, so only those are reset: up to `slots` of them
+    (twice the average number per step, B / episode length, plus 2), packed into a small
+    batch and scattered back. When more finish at once, the whole batch is reset.
     """
     batch_step = jax.vmap(env.step)
+    reset = jax.vmap(env.reset)
 
-    def batch_reset(key, batch):
+    def fresh_states(key, count):
         key_init, key_reset = jax.random.split(key)
-        inits = jax.vmap(sampler)(jax.random.split(key_init, batch))
-        return jax.vmap(env.reset)(jax.random.split(key_reset, batch), inits)
+        inits = jax.vmap(sampler)(jax.random.split(key_init, count))
+        return reset(jax.random.split(key_reset, count), inits)
 
     def step(key: jax.Array, states: EnvState, actions: jax.Array):
         stepped = batch_step(states, actions)
+        done = stepped.done
+        batch = actions.shape[0]
+        slots = min(batch, 2 * -(-batch // env.config.episode_steps) + 2)
+        finished = jnp.sum(done)
 
-        def restart(stepped):
-            fresh = batch_reset(key, actions.shape[0])
-            done = stepped.done
+        def reset_all(stepped):
+            fresh = fresh_states(key, batch)
             return jax.tree.map(lambda f, s: jnp.where(done.reshape(done.shape + (1,) * (s.ndim - 1)), f, s),
                                 fresh, stepped)
 
-        return jax.lax.cond(jnp.any(stepped.done), restart, lambda s: s, stepped), stepped
+        def reset_few(stepped):
+            (where,) = jnp.nonzero(done, size=slots, fill_value=batch)  # out of range: dropped below
+            fresh = fresh_states(key, slots)
+            return jax.tree.map(lambda s, f: s.at[where].set(f, mode="drop"), stepped, fresh)
+
+        branch = jnp.where(finished == 0, 0, jnp.where(finished <= slots, 1, 2))
+        next_states = jax.lax.switch(branch, [lambda s: s, reset_few, reset_all], stepped)
+        return next_states, stepped
 
     return step

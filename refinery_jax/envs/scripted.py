@@ -17,7 +17,7 @@ from refinery_jax.envs.rotations import quat_yaw, wrap_angle
 HOVER = 0.005  # tip height above the socket top while aligning (m)
 GAIN = 1.0
 DAMPING = 0.3  # s
-MAX_DESCENT_ACTION = 0.03
+MAX_DESCENT_ACTION = 0.015
 
 
 def scripted_action(env: AssemblyEnv, state: EnvState) -> jax.Array:
@@ -28,11 +28,11 @@ def scripted_action(env: AssemblyEnv, state: EnvState) -> jax.Array:
     the xy drift a descending arm picks up never reaches the rim. A plug caught on the
     rim rises back to the hover height; once inside the hole the walls guide it home.
     """
-    d, info, a = state.data, state.info, env.assembly
-    fingertip = d.xpos[env.fingertip_body]
+    d, info, a = state.physics, state.info, env.assembly
+    fingertip = d.tip_pos
     velocity = env.fingertip_velocity(d)[0]
     z_err, xy_err, _ = env.goal_errors(d, info)
-    yaw_err = wrap_angle(quat_yaw(info.goal_quat) - quat_yaw(d.xquat[env.fingertip_body]))
+    yaw_err = wrap_angle(quat_yaw(info.goal_quat) - quat_yaw(d.tip_quat))
     centred = ((xy_err < jnp.maximum(0.5 * a.clearance, 5e-5)) & (jnp.abs(yaw_err) < jnp.radians(0.3))
                & (jnp.linalg.norm(velocity[:2]) < 1e-3))
     in_hole = z_err < a.depth - 3e-4
@@ -58,7 +58,7 @@ def run_scripted_episode(env: AssemblyEnv, key: jax.Array, init: jax.Array, seco
 
     The script is deliberately cautious (stop-and-go near the rim), so it gets twice
     the policy's 5 s episode. Returns (final state, success [] bool, max penetration
-    over the episode [] m). Pure and jittable; vmap over keys and inits for batches.
+    over the episode [] m; NaN on the C backend, which does not return contacts). Pure and jittable; vmap over keys and inits for batches.
     """
     state, worst, _ = _scripted_rollout(env, key, init, seconds)
     return state, state.success, worst
@@ -79,15 +79,18 @@ def run_scripted_episode_metrics(env: AssemblyEnv, key: jax.Array, init: jax.Arr
     """
     state, penetration, displacement = _scripted_rollout(env, key, init, seconds, hold)
     return {"state": state, "success": state.success, "penetration": penetration,
-            "prior_displacement": displacement, "final_prior_displacement": env.prior_part_displacement(state.data)}
+            "prior_displacement": displacement, "final_prior_displacement": env.prior_part_displacement(state.physics)}
 
 
 def _scripted_rollout(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float, hold=False):
+    # penetration is read from MJX's contacts; the C backend does not hand contacts back (NaN)
+    penetration = max_penetration if env.backend_name == "mjx" else (lambda physics: jnp.full((), jnp.nan))
+
     def body(carry, _):
         state, worst, moved = carry
         state = env.step(state, jnp.where(hold, 0.0, scripted_action(env, state)))
-        return (state, jnp.maximum(worst, max_penetration(state.data)),
-                jnp.maximum(moved, env.prior_part_displacement(state.data))), None
+        return (state, jnp.maximum(worst, penetration(state.physics)),
+                jnp.maximum(moved, env.prior_part_displacement(state.physics))), None
 
     state = env.reset(key, init)
     steps = round(seconds * env.config.control_hz)

@@ -118,7 +118,7 @@ def curriculum_step(offset, episodes, success_rate, c: CurriculumConfig):
 def _goal_relative_fingertip(env: AssemblyEnv, states: EnvState) -> jax.Array:
     """[B, 3] fingertip position relative to the true goal fingertip (the demos' frame)."""
     goal = states.info.goal_pos + jnp.array([0.0, 0.0, env.assembly.plug_length])
-    return states.data.xpos[:, env.fingertip_body] - goal
+    return states.physics.tip_pos - goal
 
 
 def _where_done(done, new, old):
@@ -161,12 +161,16 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
 
     def init(key: jax.Array, hparams: Optional[PPOHyperparams] = None) -> TrainState:
         hp = default_hyperparams(config) if hparams is None else hparams
-        key, k_params, k_inits, k_resets = jax.random.split(key, 4)
+        key, k_params, k_inits, k_resets, k_clock = jax.random.split(key, 5)
         params = flax.core.unfreeze(init_params(k_params))
         params["params"]["log_std"] = jnp.full(env.action_size, hp.init_log_std)
         offset = jnp.asarray(config.curriculum.initial if config.curriculum else 0.0, jnp.float32)
         inits = jax.vmap(shifted(offset))(jax.random.split(k_inits, B))
         states = jax.vmap(env.reset)(jax.random.split(k_resets, B), inits)
+        # staggered starts: each environment's first episode is cut short by a random number
+        # of steps, so episodes end (and restart) at every step of a rollout, not in lockstep
+        elapsed = jax.random.randint(k_clock, (B,), 0, env.config.episode_steps)
+        states = jax.vmap(env.advance_clock)(states, elapsed)
         obs_stats, critic_stats = init_stats(env.observation_size), init_stats(critic_input(states).shape[-1])
         if config.normalize_obs:
             obs_stats, critic_stats = update_stats(obs_stats, states.obs), update_stats(critic_stats, critic_input(states))

@@ -106,12 +106,12 @@ def chain_start(env: AssemblyEnv, next_env: AssemblyEnv, state: EnvState) -> Sta
     next stage starts at rest.
     """
     offset = jnp.asarray(next_socket_offset(env.assembly, next_env.assembly), jnp.float32)
-    socket_pos, socket_quat = env.socket_pose(state.data)
-    pos, quat = env.loose_part_poses(state.data)
-    plug_quat = state.data.xquat[env.fingertip_body]
+    socket_pos, socket_quat = env.socket_pose(state.physics)
+    pos, quat = env.loose_part_poses(state.physics)
+    plug_quat = state.physics.tip_quat
     plug_quat = plug_quat / jnp.linalg.norm(plug_quat)
     return StageStart(socket_pos=socket_pos + rotate(socket_quat, offset), socket_quat=socket_quat,
-                      part_pos=jnp.concatenate([pos, env.plug_tip(state.data)[None]]),
+                      part_pos=jnp.concatenate([pos, env.plug_tip(state.physics)[None]]),
                       part_quat=jnp.concatenate([quat, plug_quat[None]]))
 
 
@@ -146,10 +146,10 @@ def _stage_runner(stage: ChainStage):
         def body(carry, k):
             state, alive, moved = carry
             state = env.step(state, act(params, state, k))
-            moved = jnp.maximum(moved, env.prior_part_displacement(state.data))
+            moved = jnp.maximum(moved, env.prior_part_displacement(state.physics))
             return (state, alive & ~state.terminated, moved), None
 
-        carry = (state, jnp.ones((), bool), env.prior_part_displacement(state.data))
+        carry = (state, jnp.ones((), bool), env.prior_part_displacement(state.physics))
         (state, alive, moved), _ = jax.lax.scan(body, carry, jax.random.split(k_act, steps))
         return state, state.success & alive, moved
 

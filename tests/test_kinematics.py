@@ -1,0 +1,54 @@
+"""Reset-time kinematics in plain JAX against MuJoCo itself (mj_kinematics, mj_jac)."""
+
+import jax
+import jax.numpy as jnp
+import mujoco
+import numpy as np
+import pytest
+
+from refinery_jax.assets.registry import get_assembly
+from refinery_jax.assets.scene import PhysicsConfig, embodiment_spec, scene_xml
+from refinery_jax.envs.kinematics import chain_from_model, fingertip_pose, fingertip_pose_and_jacobian, solve_ik
+from refinery_jax.envs.rotations import axis_angle_error, yaw_quat
+
+
+@pytest.fixture(scope="module", params=["floating_hand", "franka"])
+def robot(request):
+    model = mujoco.MjModel.from_xml_string(scene_xml(get_assembly("square_peg"), request.param, PhysicsConfig()))
+    spec = embodiment_spec(request.param)
+    body = model.body("fingertip").id
+    return model, spec, body, chain_from_model(model, body, spec.num_dofs)
+
+
+def test_pose_and_jacobian_match_mujoco(robot):
+    model, spec, body, chain = robot
+    data = mujoco.MjData(model)
+    f = jax.jit(lambda q: fingertip_pose_and_jacobian(chain, q))
+    rng = np.random.default_rng(0)
+    for _ in range(4):
+        q = np.asarray(spec.home_qpos) + rng.uniform(-0.5, 0.5, spec.num_dofs)
+        data.qpos[: spec.num_dofs] = q
+        mujoco.mj_forward(model, data)
+        jacp, jacr = np.zeros((3, model.nv)), np.zeros((3, model.nv))
+        mujoco.mj_jacBody(model, data, jacp, jacr, body)
+        pos, quat, jac = f(jnp.asarray(q, jnp.float32))
+        np.testing.assert_allclose(pos, data.xpos[body], atol=1e-6)
+        sign = np.sign(np.dot(np.asarray(quat), data.xquat[body]))  # q and -q are the same rotation
+        np.testing.assert_allclose(sign * np.asarray(quat), data.xquat[body], atol=1e-6)
+        np.testing.assert_allclose(jac, np.concatenate([jacp, jacr])[:, : spec.num_dofs], atol=1e-5)
+
+
+def test_ik_reaches_poses_across_the_socket_box(robot):
+    model, spec, body, chain = robot
+    keys = jax.random.split(jax.random.key(0), 3)
+    n = 64
+    socket = np.asarray(model.body("socket").pos)
+    targets = socket + jnp.array([0.0, 0.0, 0.08]) + jax.random.uniform(keys[0], (n, 3), minval=-0.06, maxval=0.06)
+    quats = yaw_quat(jax.random.uniform(keys[1], (n,), minval=-0.3, maxval=0.3))
+    home = jnp.asarray(spec.home_qpos, jnp.float32)
+    q = jax.jit(jax.vmap(lambda p, r: solve_ik(chain, p, r, home)))(targets, quats)
+    pos, quat = jax.vmap(lambda x: fingertip_pose(chain, x))(q)
+    assert float(jnp.max(jnp.abs(pos - targets))) < 5e-6
+    assert float(jnp.max(jnp.abs(jax.vmap(axis_angle_error)(quats, quat)))) < 1e-5
+    if np.isfinite(chain.low).any():  # the arm's joint limits hold
+        assert bool(jnp.all((q >= chain.low - 1e-6) & (q <= chain.high + 1e-6)))
