@@ -129,7 +129,7 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
 
     paper = paper_sequence_table([r.result for r in runs])
     progress("=== chained trials")
-    evaluate = make_chain_evaluator([ChainStage(r.trainer.env, ppo_act(r.trainer.model, spec.config.obs_clip))
+    evaluate = make_chain_evaluator([ChainStage(r.trainer.env, ppo_act(r.trainer.model, r.trainer.env.observation_size, spec.config.obs_clip))
                                      for r, (spec, _) in zip(runs, configs)],
                                     batch_size=chain_batch_size(min(comparison_config.eval_trials,
                                                                     comparison_config.gmm_inits)))

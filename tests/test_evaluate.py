@@ -11,6 +11,7 @@ from refinery_jax.envs.assembly_env import AssemblyEnv
 from refinery_jax.evaluation import grid_inits, make_evaluate, save_success_map, success_map, summarize
 from refinery_jax.evaluation.success_map import SuccessMap
 from refinery_jax.ppo import ActorCritic, Policy, init_stats
+from refinery_jax.ppo.networks import initial_carry
 
 from test_ppo import EVAL_BATCH, EVAL_N, SMOKE
 
@@ -21,7 +22,8 @@ N = EVAL_N  # one shape (and the env and network of tests/test_ppo.py): one comp
 def setup():
     env = AssemblyEnv(SMOKE.env)
     model = ActorCritic(env.action_size, SMOKE.actor_hidden, SMOKE.critic_hidden, SMOKE.activation)
-    params = model.init(jax.random.key(0), jnp.zeros(env.observation_size), jnp.zeros(env.critic_observation_size))
+    params = model.init(jax.random.key(0), jnp.zeros(env.observation_size), jnp.zeros(env.critic_observation_size),
+                        initial_carry(model, (), env.observation_size))
     policy = Policy(params=params, obs_stats=init_stats(env.observation_size))
     still = Policy(params=jax.tree.map(jnp.zeros_like, params), obs_stats=policy.obs_stats)  # action = mean = 0
     return env, policy, still, make_evaluate(env, model, batch_size=EVAL_BATCH)

@@ -20,9 +20,10 @@ from refinery_jax.assets.multipart import get_multipart, multipart_names, stage_
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, StageStart
 from refinery_jax.envs.rotations import quat_mul, rotate, yaw_quat
 from refinery_jax.envs.samplers import uniform_box
-from refinery_jax.envs.scripted import scripted_action
+from refinery_jax.envs.episodes import memoryless
+from refinery_jax.envs.scripted import scripted_actor
 from refinery_jax.ppo import ActorCritic, Policy, init_stats
-from refinery_jax.ppo.networks import policy_action
+from refinery_jax.ppo.networks import initial_carry, policy_action
 from refinery_jax.refinery import ComparisonResult, FreshEval, summarize_seeds
 from refinery_jax.success_models import DeploymentConfig
 from refinery_jax.refinery.sequence import (
@@ -97,14 +98,17 @@ def test_paper_table_from_per_stage_comparisons():
 
 def test_ppo_act_is_the_policy_mean_or_a_sample():
     model = ActorCritic(6, (8,), (8,), "tanh")
-    params = model.init(jax.random.key(0), jnp.zeros(24), jnp.zeros(44))
+    carry = initial_carry(model, (), 24)
+    params = model.init(jax.random.key(0), jnp.zeros(24), jnp.zeros(44), carry)
     policy = Policy(params=params, obs_stats=init_stats(24))
     state = SimpleNamespace(obs=jnp.linspace(-1.0, 1.0, 24))
     key = jax.random.key(1)
-    np.testing.assert_allclose(ppo_act(model)(policy, state, key), policy_action(model, policy, state.obs, key, True))
-    sampled = ppo_act(model, deterministic=False)(policy, state, key)
-    np.testing.assert_allclose(sampled, policy_action(model, policy, state.obs, key, False))
-    assert not np.allclose(sampled, policy_action(model, policy, state.obs, key, True))
+    mean = policy_action(model, policy, carry, state.obs, key, True)[1]
+    actor = ppo_act(model, 24)
+    np.testing.assert_allclose(actor.act(policy, actor.start(policy), state, key)[1], mean)
+    sampled = ppo_act(model, 24, deterministic=False).act(policy, carry, state, key)[1]
+    np.testing.assert_allclose(sampled, policy_action(model, policy, carry, state.obs, key, False)[1])
+    assert not np.allclose(sampled, mean)
 
 
 # ------------------------------------------------------------------ chained reset (MJX)
@@ -188,7 +192,7 @@ def test_chain_batch_size_needs_a_trial():
 def test_evaluate_chain_pads_batches_and_hands_off(envs):
     """Two stages, two control steps of zero action, N = 3 in batches of 2 (one padded)."""
     env0, env1, _, _ = envs
-    still = lambda scale, state, key: scale * jnp.ones(6)  # noqa: E731  (params: an action scale)
+    still = memoryless(lambda scale, state, key: scale * jnp.ones(6))  # params: an action scale
     stages = [ChainStage(env0, still, steps=2), ChainStage(env1, still, steps=2)]
     inits = jnp.stack([jnp.zeros((3, 3)), jnp.broadcast_to(jnp.asarray(env1.init_high), (3, 3))])
     evaluate_chain = make_chain_evaluator(stages, batch_size=2)
@@ -221,11 +225,11 @@ def test_evaluate_chain_pads_batches_and_hands_off(envs):
 def test_scripted_chain_assembles_two_pin_plate():
     """The privileged script inserts all three stages in a chain; pins stay within 1 mm."""
     envs = [AssemblyEnv(EnvConfig(task=t)) for t in stage_names(ASSEMBLY)]
-    stages = [ChainStage(env, (lambda e: lambda p, s, k: scripted_action(e, s))(env), steps=150) for env in envs]
+    stages = [ChainStage(env, scripted_actor(env), steps=150) for env in envs]
     n = 4
     inits = jnp.stack([jnp.broadcast_to(jnp.array([0.0, 0.0, e.assembly.depth + 0.015]), (n, 3)) for e in envs])
     evaluate_chain = make_chain_evaluator(stages, batch_size=2)  # two batches: one compile per stage
-    out = evaluate_chain([None] * len(stages), jax.random.key(0), inits)
+    out = evaluate_chain([False] * len(stages), jax.random.key(0), inits)
     assert out.stage_success.shape == (3, n) and out.sequence_success.shape == (n,)
     assert out.sequence_success.all(), out
     assert np.max(out.displacement[1:]) < 1e-3, out.displacement

@@ -11,7 +11,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, max_penetration
+from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState
+from refinery_jax.envs.episodes import Actor, memoryless, run_episode
 from refinery_jax.envs.rotations import quat_yaw, wrap_angle
 
 HOVER = 0.005  # tip height above the socket top while aligning (m)
@@ -53,15 +54,21 @@ def scripted_action(env: AssemblyEnv, state: EnvState) -> jax.Array:
     return jnp.clip(jnp.concatenate([pos_action, jnp.zeros(2), yaw_action[None]]), -1.0, 1.0)
 
 
+def scripted_actor(env: AssemblyEnv) -> Actor:
+    """The script as an `episodes.Actor`; its params `hold` ([] bool) replace it by a zero action."""
+    return memoryless(lambda hold, state, key: jnp.where(hold, 0.0, scripted_action(env, state)))
+
+
 def run_scripted_episode(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float = 10.0):
     """Reset at `init`, run the scripted policy for `seconds` (default 10 s).
 
     The script is deliberately cautious (stop-and-go near the rim), so it gets twice
     the policy's 5 s episode. Returns (final state, success [] bool, max penetration
-    over the episode [] m; NaN on the C backend, which does not return contacts). Pure and jittable; vmap over keys and inits for batches.
+    over the episode [] m; NaN on the C backend, which does not return contacts).
+    Pure and jittable; vmap over keys and inits for batches.
     """
-    state, worst, _ = _scripted_rollout(env, key, init, seconds)
-    return state, state.success, worst
+    out = run_episode(env, scripted_actor(env), False, key, init, steps=round(seconds * env.config.control_hz))
+    return out.state, out.success, out.penetration
 
 
 def run_scripted_episode_metrics(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float = 10.0,
@@ -72,28 +79,13 @@ def run_scripted_episode_metrics(env: AssemblyEnv, key: jax.Array, init: jax.Arr
     stays where it started: started above the socket, nothing touches the loose parts
     and their displacement measures how still they stay on their own.
 
-    Returns a dict of [] arrays: success, penetration (max over the episode, m),
-    prior_displacement (the largest displacement of any earlier part from its assembled
-    pose over the episode, m; 0 without earlier parts) and final_prior_displacement (at
-    the end), plus the final state under "state".
+    Returns a dict of [] arrays: success, penetration (max over the episode, m; NaN on
+    the C backend), prior_displacement (the largest displacement of any earlier part from
+    its assembled pose over the episode, m; 0 without earlier parts) and
+    final_prior_displacement (at the end), plus the final state under "state".
     """
-    state, penetration, displacement = _scripted_rollout(env, key, init, seconds, hold)
-    return {"state": state, "success": state.success, "penetration": penetration,
-            "prior_displacement": displacement, "final_prior_displacement": env.prior_part_displacement(state.physics)}
-
-
-def _scripted_rollout(env: AssemblyEnv, key: jax.Array, init: jax.Array, seconds: float, hold=False):
-    # penetration is read from MJX's contacts; the C backend does not hand contacts back (NaN)
-    penetration = max_penetration if env.backend_name == "mjx" else (lambda physics: jnp.full((), jnp.nan))
-
-    def body(carry, _):
-        state, worst, moved = carry
-        state = env.step(state, jnp.where(hold, 0.0, scripted_action(env, state)))
-        return (state, jnp.maximum(worst, penetration(state.physics)),
-                jnp.maximum(moved, env.prior_part_displacement(state.physics))), None
-
-    state = env.reset(key, init)
-    steps = round(seconds * env.config.control_hz)
-    zero = jnp.zeros(())
-    (state, worst, moved), _ = jax.lax.scan(body, (state, zero, zero), None, length=steps)
-    return state, worst, moved
+    out = run_episode(env, scripted_actor(env), jnp.asarray(hold), key, init,
+                      steps=round(seconds * env.config.control_hz))
+    return {"state": out.state, "success": out.success, "penetration": out.penetration,
+            "prior_displacement": out.displacement,
+            "final_prior_displacement": env.prior_part_displacement(out.state.physics)}

@@ -4,7 +4,8 @@ The single function the GP and the GMM consume: one fixed-length episode per row
 `inits` [N, 3] (θ), jitted and batched (a `lax.map` over batches of `batch_size`
 vmapped episodes, so N is not limited by memory). Success is the environment's
 success flag at the final step of the episode; an episode whose simulation diverged
-(`terminated`) counts as a failure, and its length is the step it diverged.
+(`terminated`) counts as a failure, and its length is the step it diverged. Episodes
+run through `envs.episodes.run_episode`, the loop chained sequences and scripted runs use.
 """
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ import jax
 import jax.numpy as jnp
 
 from refinery_jax.envs.assembly_env import AssemblyEnv
-from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution
-from refinery_jax.ppo.normalization import normalize
+from refinery_jax.envs.episodes import run_episode
+from refinery_jax.ppo.networks import ActorCritic, Policy, policy_actor
 
 
 class EvalResult(NamedTuple):
@@ -33,25 +34,11 @@ def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, o
     Gaussian's mean, or sample actions. episode_steps: defaults to the environment's
     episode length (75 at 15 Hz x 5 s).
     """
-    steps = env.config.episode_steps if episode_steps is None else episode_steps
+    actor = policy_actor(model, env.observation_size, obs_clip)
 
     def episode(policy: Policy, deterministic: jax.Array, key: jax.Array, init: jax.Array):
-        k_reset, k_act = jax.random.split(key)
-        state = env.reset(k_reset, init)
-
-        def body(carry, k):
-            state, ret, length, alive = carry
-            mean, log_std = model.apply(policy.params, normalize(policy.obs_stats, state.obs, obs_clip),
-                                        method=ActorCritic.policy)
-            action = jnp.where(deterministic, mean, action_distribution(mean, log_std).sample(seed=k))
-            state = env.step(state, action)
-            ret = ret + jnp.where(alive, state.reward, 0.0)
-            length = length + alive.astype(jnp.int32)
-            return (state, ret, length, alive & ~state.terminated), None
-
-        carry = (state, jnp.zeros(()), jnp.zeros((), jnp.int32), jnp.ones((), bool))
-        (state, ret, length, alive), _ = jax.lax.scan(body, carry, jax.random.split(k_act, steps))
-        return EvalResult(success=state.success & alive, returns=ret, lengths=length)
+        out = run_episode(env, actor, (policy, deterministic), key, init, steps=episode_steps)
+        return EvalResult(success=out.success, returns=out.returns, lengths=out.length)
 
     @jax.jit
     def evaluate(policy: Policy, inits: jax.Array, key: jax.Array, deterministic=True) -> EvalResult:

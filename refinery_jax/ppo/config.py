@@ -53,19 +53,27 @@ class PPOConfig:
     actor_hidden: tuple[int, ...] = (128, 128)
     critic_hidden: tuple[int, ...] = (128, 128)
     activation: str = "elu"
+    memory: str = "none"            # the actor's memory of the episode: "none", "lstm", "history" (networks.py)
+    memory_size: int = 128          # LSTM width, or observations in the history
+    memory_layers: int = 1          # LSTM layers
     asymmetric_critic: bool = True  # critic reads the privileged observation
     normalize_obs: bool = True
     obs_clip: float = 5.0
     anneal_lr: bool = True          # linear decay to 0 over the run
+    stagger_starts: bool = True     # environments start their first episodes at random points of it
     imitation: Optional[ImitationConfig] = None  # None: no imitation reward (no demos needed)
     curriculum: Optional[CurriculumConfig] = None
 
     def __post_init__(self):
         if min(self.num_envs, self.num_steps, self.num_updates, self.update_epochs, self.num_minibatches) < 1:
             raise ValueError(f"counts must be positive: {self}")
-        if self.batch_size % self.num_minibatches:
-            raise ValueError(f"num_envs * num_steps = {self.batch_size} not divisible by "
-                             f"num_minibatches = {self.num_minibatches}")
+        if self.num_envs % self.num_minibatches:
+            raise ValueError(f"num_envs = {self.num_envs} not divisible by num_minibatches = {self.num_minibatches} "
+                             "(a minibatch is whole environments' rollouts)")
+        if self.memory not in ("none", "lstm", "history"):
+            raise ValueError(f"unknown memory {self.memory!r}; choose none, lstm or history")
+        if self.memory_size < 1 or self.memory_layers < 1 or (self.memory == "history" and self.memory_size < 2):
+            raise ValueError(f"bad memory size: {self.memory_size} x {self.memory_layers}")
         if self.activation not in ("elu", "relu", "tanh", "silu"):
             raise ValueError(f"unknown activation {self.activation!r}")
 

@@ -1,8 +1,17 @@
-"""Actor and critic MLPs (Flax) and the Gaussian policy (distrax).
+"""Actor and critic (Flax) and the Gaussian policy (distrax).
 
-The actor reads the (normalised) policy observation; the critic reads the privileged
-observation when the critic is asymmetric. The two are separate networks; the
-log-std is a learned state-independent vector.
+The actor reads the (normalised) policy observation, optionally through a memory of
+the episode so far; the critic is an MLP on the privileged observation when the critic
+is asymmetric (as AutoMate's). The log-std is a learned state-independent vector.
+
+Memory (`ActorCritic.memory`):
+- "none": an MLP on the current observation;
+- "lstm": LSTM layers before the MLP (AutoMate's actor: LSTM 256 x 2, then MLP);
+- "history": the MLP reads the last `memory_size` observations, stacked.
+
+Acting is one step at a time, `policy(obs, carry) -> (carry, mean, log_std)`; whoever
+runs episodes starts each with `initial_carry` (zeros) and carries it along. PPO's loss
+replays a rollout's steps from the carry it started with (`policy_sequence`).
 """
 
 from __future__ import annotations
@@ -16,9 +25,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from refinery_jax.envs.episodes import Actor
 from refinery_jax.ppo.normalization import RunningStats, normalize
 
 ACTIVATIONS = {"elu": nn.elu, "relu": nn.relu, "tanh": nn.tanh, "silu": nn.silu}
+MEMORIES = ("none", "lstm", "history")
 
 
 class MLP(nn.Module):
@@ -40,23 +51,71 @@ class ActorCritic(nn.Module):
     actor_hidden: Sequence[int]
     critic_hidden: Sequence[int]
     activation: str = "elu"
+    memory: str = "none"
+    memory_size: int = 128     # LSTM width, or observations in the history
+    memory_layers: int = 1     # LSTM layers
 
     def setup(self):
+        if self.memory not in MEMORIES:
+            raise ValueError(f"unknown memory {self.memory!r}; choose one of {MEMORIES}")
         self.actor = MLP(self.actor_hidden, self.action_size, self.activation, head_scale=0.01)
         self.critic = MLP(self.critic_hidden, 1, self.activation, head_scale=1.0)
         self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_size,))
+        if self.memory == "lstm":
+            self.cells = [nn.OptimizedLSTMCell(self.memory_size) for _ in range(self.memory_layers)]
 
-    def __call__(self, obs, critic_obs):
-        mean, log_std = self.policy(obs)
+    def __call__(self, obs, critic_obs, carry):
+        carry, mean, log_std = self.policy(obs, carry)
         return mean, log_std, self.value(critic_obs)
 
-    def policy(self, obs):
-        """obs [..., d] -> (mean [..., A], log_std [A])."""
-        return self.actor(obs), self.log_std
+    def policy(self, obs, carry):
+        """One step. obs [..., d], carry (`initial_carry` of the same leading shape)
+        -> (carry, mean [..., A], log_std [A])."""
+        if self.memory == "lstm":
+            x, carry = obs, list(carry)
+            for i, cell in enumerate(self.cells):
+                carry[i], x = cell(carry[i], x)
+            return tuple(carry), self.actor(x), self.log_std
+        if self.memory == "history":  # carry: the previous memory_size - 1 observations, oldest first
+            frames = jnp.concatenate([carry, obs[..., None, :]], axis=-2)
+            return frames[..., 1:, :], self.actor(frames.reshape(frames.shape[:-2] + (-1,))), self.log_std
+        return carry, self.actor(obs), self.log_std
 
     def value(self, critic_obs):
         """critic_obs [..., d_c] -> [...]."""
         return self.critic(critic_obs)[..., 0]
+
+
+def initial_carry(model: ActorCritic, batch_shape: tuple, obs_size: int):
+    """The memory at the start of an episode (zeros), for `batch_shape` environments."""
+    if model.memory == "lstm":
+        zeros = jnp.zeros(batch_shape + (model.memory_size,))
+        return tuple((zeros, zeros) for _ in range(model.memory_layers))
+    if model.memory == "history":
+        return jnp.zeros(batch_shape + (model.memory_size - 1, obs_size))
+    return jnp.zeros(batch_shape + (0,))
+
+
+def restart_carry(carry, first: jax.Array):
+    """Zero the memory of the environments whose episode starts now (first [...] bool)."""
+    return jax.tree.map(lambda c: jnp.where(first.reshape(first.shape + (1,) * (c.ndim - first.ndim)), 0.0, c),
+                        carry)
+
+
+def policy_sequence(model: ActorCritic, params, obs: jax.Array, carry, first: jax.Array):
+    """Replay T steps: obs [T, B, d], carry at step 0 [B, ...], first [T, B] (the step starts an
+    episode: the memory restarts) -> (means [T, B, A], log_std [A])."""
+    if model.memory == "none":  # nothing to carry: one batched call
+        _, mean, log_std = model.apply(params, obs, carry, method=ActorCritic.policy)
+        return mean, log_std
+
+    def step(carry, inputs):
+        o, f = inputs
+        carry, mean, log_std = model.apply(params, o, restart_carry(carry, f), method=ActorCritic.policy)
+        return carry, (mean, log_std)
+
+    _, (means, log_std) = jax.lax.scan(step, carry, (obs, first))
+    return means, log_std[0]
 
 
 def action_distribution(mean: jax.Array, log_std: jax.Array) -> distrax.MultivariateNormalDiag:
@@ -72,10 +131,21 @@ class Policy:
     obs_stats: RunningStats
 
 
-def policy_action(model: ActorCritic, policy: Policy, obs: jax.Array, key: jax.Array, deterministic: bool,
-                  obs_clip: float = 5.0) -> jax.Array:
-    """One action [..., A]: the mean (deterministic) or a sample."""
-    mean, log_std = model.apply(policy.params, normalize(policy.obs_stats, obs, obs_clip), method=ActorCritic.policy)
-    if deterministic:
-        return mean
-    return action_distribution(mean, log_std).sample(seed=key)
+def policy_action(model: ActorCritic, policy: Policy, carry, obs: jax.Array, key: jax.Array, deterministic,
+                  obs_clip: float = 5.0):
+    """One step of acting: (carry, action [..., A]), the mean (deterministic) or a sample."""
+    carry, mean, log_std = model.apply(policy.params, normalize(policy.obs_stats, obs, obs_clip), carry,
+                                       method=ActorCritic.policy)
+    action = jnp.where(deterministic, mean, action_distribution(mean, log_std).sample(seed=key))
+    return carry, action
+
+
+def policy_actor(model: ActorCritic, obs_size: int, obs_clip: float = 5.0) -> Actor:
+    """The policy as an `envs.episodes.Actor` whose params are `(Policy, deterministic [] bool)`:
+    the mean action when deterministic, a sample otherwise."""
+
+    def act(params, carry, state, key):
+        policy, deterministic = params
+        return policy_action(model, policy, carry, state.obs, key, deterministic, obs_clip)
+
+    return Actor(start=lambda params: initial_carry(model, (), obs_size), act=act)

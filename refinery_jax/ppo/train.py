@@ -19,7 +19,7 @@ that ends is restarted from a fresh draw (shifted by the curriculum's height off
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -33,7 +33,14 @@ from refinery_jax.envs.samplers import Sampler, env_uniform, step_with_reset
 from refinery_jax.imitation.reward import fresh_window, imitation_reward, push_window
 from refinery_jax.ppo import losses
 from refinery_jax.ppo.config import IMITATION_TERM, CurriculumConfig, PPOConfig, PPOHyperparams, default_hyperparams
-from refinery_jax.ppo.networks import ActorCritic, Policy, action_distribution
+from refinery_jax.ppo.networks import (
+    ActorCritic,
+    Policy,
+    action_distribution,
+    initial_carry,
+    policy_sequence,
+    restart_carry,
+)
 from refinery_jax.ppo.normalization import RunningStats, init_stats, normalize, update_stats
 
 
@@ -44,6 +51,7 @@ class TrainState:
     obs_stats: RunningStats
     critic_stats: RunningStats
     env_state: EnvState          # [B] environments, mid-episode
+    policy_carry: Any            # [B, ...] the actor's memory before each environment's next step
     window: jax.Array            # [B, H, 3] recent fingertip positions (goal-relative); H = 1 without imitation
     episode_return: jax.Array    # [B] running (unscaled) return of the current episodes
     key: jax.Array
@@ -142,7 +150,8 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             raise ValueError("config.imitation is set: pass demo_paths [N, T, 3] (Demos.assembly_paths())")
         paths = jnp.asarray(demo_paths, jnp.float32)
     history = imit.history if imit is not None else 1
-    model = ActorCritic(env.action_size, config.actor_hidden, config.critic_hidden, config.activation)
+    model = ActorCritic(env.action_size, config.actor_hidden, config.critic_hidden, config.activation,
+                        config.memory, config.memory_size, config.memory_layers)
     B = config.num_envs
 
     def shifted(offset) -> Sampler:
@@ -157,7 +166,8 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     @jax.custom_batching.sequential_vmap
     def init_params(key):
         critic_size = env.critic_observation_size if config.asymmetric_critic else env.observation_size
-        return model.init(key, jnp.zeros(env.observation_size), jnp.zeros(critic_size))
+        return model.init(key, jnp.zeros(env.observation_size), jnp.zeros(critic_size),
+                          initial_carry(model, (), env.observation_size))
 
     def init(key: jax.Array, hparams: Optional[PPOHyperparams] = None) -> TrainState:
         hp = default_hyperparams(config) if hparams is None else hparams
@@ -169,14 +179,16 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         states = jax.vmap(env.reset)(jax.random.split(k_resets, B), inits)
         # staggered starts: each environment's first episode is cut short by a random number
         # of steps, so episodes end (and restart) at every step of a rollout, not in lockstep
-        elapsed = jax.random.randint(k_clock, (B,), 0, env.config.episode_steps)
-        states = jax.vmap(env.advance_clock)(states, elapsed)
+        if config.stagger_starts:
+            elapsed = jax.random.randint(k_clock, (B,), 0, env.config.episode_steps)
+            states = jax.vmap(env.advance_clock)(states, elapsed)
         obs_stats, critic_stats = init_stats(env.observation_size), init_stats(critic_input(states).shape[-1])
         if config.normalize_obs:
             obs_stats, critic_stats = update_stats(obs_stats, states.obs), update_stats(critic_stats, critic_input(states))
         window = jax.vmap(lambda p: fresh_window(p, history))(_goal_relative_fingertip(env, states))
         return TrainState(params=params, opt_state=make_optimizer(config, hp).init(params), obs_stats=obs_stats,
-                          critic_stats=critic_stats, env_state=states, window=window,
+                          critic_stats=critic_stats, env_state=states,
+                          policy_carry=initial_carry(model, (B,), env.observation_size), window=window,
                           episode_return=jnp.zeros(B), key=key, update=jnp.zeros((), jnp.int32),
                           height_offset=offset, hparams=hp)
 
@@ -186,11 +198,12 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         env_weights = {k: v for k, v in hp.reward_weights.items() if k != IMITATION_TERM}
 
         def act(carry, key):
-            states, window, ep_return = carry
+            states, memory, window, ep_return = carry
             k_act, k_env = jax.random.split(key)
             obs_n = normalize(state.obs_stats, states.obs, config.obs_clip)
             cobs_n = normalize(state.critic_stats, critic_input(states), config.obs_clip)
-            mean, log_std, value = model.apply(state.params, obs_n, cobs_n)
+            next_memory, mean, log_std = model.apply(state.params, obs_n, memory, method=ActorCritic.policy)
+            value = model.apply(state.params, cobs_n, method=ActorCritic.value)
             dist = action_distribution(mean, log_std)
             action = dist.sample(seed=k_act)
             next_states, stepped = step(k_env, states, action)
@@ -211,20 +224,24 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             transition = Transition(obs=states.obs, critic_obs=critic_input(states), action=action,
                                     log_prob=dist.log_prob(action), value=value, next_value=next_value,
                                     reward=reward * hp.reward_scale, terminated=stepped.terminated, done=done)
-            return (next_states, window, jnp.where(done, 0.0, ep_return)), (transition, info)
+            carry = (next_states, restart_carry(next_memory, done), window, jnp.where(done, 0.0, ep_return))
+            return carry, (transition, info)
 
-        carry = (state.env_state, state.window, state.episode_return)
+        carry = (state.env_state, state.policy_carry, state.window, state.episode_return)
         carry, (batch, info) = jax.lax.scan(act, carry, jax.random.split(key, config.num_steps))
         return carry, batch, info
 
-    def loss_fn(params, obs_stats, critic_stats, hp, mb: Transition, advantages, returns):
-        mean, log_std, value = model.apply(params, normalize(obs_stats, mb.obs, config.obs_clip),
-                                           normalize(critic_stats, mb.critic_obs, config.obs_clip))
-        dist = action_distribution(mean, log_std)
-        log_ratio = dist.log_prob(mb.action) - mb.log_prob
+    def loss_fn(params, obs_stats, critic_stats, hp, mb: Transition, memory, first, advantages, returns):
+        """mb: [T, b] transitions of b environments (whole rollouts, so the actor's memory can be
+        replayed from `memory`, its state at step 0); first [T, b]: the step starts an episode."""
+        means, log_std = policy_sequence(model, params, normalize(obs_stats, mb.obs, config.obs_clip), memory, first)
+        value = model.apply(params, normalize(critic_stats, mb.critic_obs, config.obs_clip), method=ActorCritic.value)
+        dist = action_distribution(means, log_std)
+        log_ratio = (dist.log_prob(mb.action) - mb.log_prob).reshape(-1)
         policy_loss, clip_fraction = losses.clipped_policy_loss(
-            log_ratio, losses.normalize_advantages(advantages), hp.clip_eps)
-        value_loss = losses.clipped_value_loss(value, mb.value, returns, hp.value_clip)
+            log_ratio, losses.normalize_advantages(advantages.reshape(-1)), hp.clip_eps)
+        value_loss = losses.clipped_value_loss(value.reshape(-1), mb.value.reshape(-1), returns.reshape(-1),
+                                               hp.value_clip)
         entropy = jnp.mean(dist.entropy())
         total = policy_loss + hp.vf_coef * value_loss - hp.ent_coef * entropy
         return total, dict(policy_loss=policy_loss, value_loss=value_loss, entropy=entropy,
@@ -233,22 +250,27 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     def update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
         hp = state.hparams
         key, k_roll, k_epochs = jax.random.split(state.key, 3)
-        (env_state, window, ep_return), batch, info = rollout(state, k_roll)
+        (env_state, memory, window, ep_return), batch, info = rollout(state, k_roll)
         advantages, returns = losses.gae(batch.reward, batch.value, batch.next_value, batch.terminated, batch.done,
                                          hp.gamma, hp.gae_lambda)
+        # the memory restarts after every episode end (the first step of a rollout starts from the
+        # carry saved in the state, already restarted)
+        first = jnp.concatenate([jnp.zeros((1, B), bool), batch.done[:-1]])
         optimizer = make_optimizer(config, hp)
-        flat = jax.tree.map(lambda x: x.reshape((config.batch_size,) + x.shape[2:]), (batch, advantages, returns))
 
-        def minibatch_step(carry, idx):
+        def minibatch_step(carry, envs):
             params, opt_state = carry
-            mb, adv, ret = jax.tree.map(lambda x: x[idx], flat)
-            grads, stats = jax.grad(loss_fn, has_aux=True)(params, state.obs_stats, state.critic_stats, hp, mb, adv, ret)
+            pick = lambda x: x[:, envs]  # noqa: E731  ([T, B, ...] -> [T, b, ...])
+            mb, adv, ret, fst = jax.tree.map(pick, (batch, advantages, returns, first))
+            mem = jax.tree.map(lambda x: x[envs], state.policy_carry)
+            grads, stats = jax.grad(loss_fn, has_aux=True)(params, state.obs_stats, state.critic_stats, hp, mb, mem,
+                                                           fst, adv, ret)
             updates, opt_state = optimizer.update(grads, opt_state, params)
             stats["grad_norm"] = optax.tree.norm(grads)
             return (optax.apply_updates(params, updates), opt_state), stats
 
-        def epoch(carry, key):
-            order = jax.random.permutation(key, config.batch_size).reshape(config.num_minibatches, -1)
+        def epoch(carry, key):  # minibatches of whole environments' rollouts
+            order = jax.random.permutation(key, B).reshape(config.num_minibatches, -1)
             return jax.lax.scan(minibatch_step, carry, order)
 
         (params, opt_state), stats = jax.lax.scan(epoch, (state.params, state.opt_state),
@@ -273,7 +295,8 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             learning_rate=lr, height_offset=offset,
             **{k: jnp.mean(v) for k, v in stats.items()})
         new_state = state.replace(params=params, opt_state=opt_state, obs_stats=obs_stats, critic_stats=critic_stats,
-                                  env_state=env_state, window=window, episode_return=ep_return, key=key,
+                                  env_state=env_state, policy_carry=memory, window=window, episode_return=ep_return,
+                                  key=key,
                                   update=state.update + 1, height_offset=offset)
         return new_state, metrics
 

@@ -28,14 +28,13 @@ import numpy as np
 
 from refinery_jax.assets.parts import TwoPartAssembly
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, StageStart
+from refinery_jax.envs.episodes import Actor, run_episode
 from refinery_jax.envs.rotations import rotate
 from refinery_jax.envs.samplers import uniform_box
-from refinery_jax.ppo.networks import ActorCritic, policy_action
+from refinery_jax.ppo.networks import ActorCritic, policy_actor
 from refinery_jax.refinery.deployment import DeploymentModel, deployment_sampler, fit_success_model
 from refinery_jax.refinery.stats import summarize_seeds
 from refinery_jax.success_models import DeploymentConfig, GMMConfig
-
-Act = Callable[[object, EnvState, jax.Array], jax.Array]  # (params, state, key) -> action [6]
 
 # ------------------------------------------------------------------ paper mode (pure numpy)
 
@@ -115,15 +114,17 @@ def chain_start(env: AssemblyEnv, next_env: AssemblyEnv, state: EnvState) -> Sta
                       part_quat=jnp.concatenate([quat, plug_quat[None]]))
 
 
-def ppo_act(model: ActorCritic, obs_clip: float = 5.0, deterministic: bool = True) -> Act:
-    """A PPO policy network as an `Act` (params: a `Policy`), acting as `evaluation.evaluate` does
-    (the mean action by default)."""
-    return lambda policy, state, key: policy_action(model, policy, state.obs, key, deterministic, obs_clip)
+def ppo_act(model: ActorCritic, obs_size: int, obs_clip: float = 5.0, deterministic: bool = True) -> Actor:
+    """A PPO policy as a stage's `Actor` whose params are a `Policy`, acting as `evaluation.evaluate`
+    does (the mean action by default)."""
+    actor = policy_actor(model, obs_size, obs_clip)
+    return Actor(start=lambda policy: actor.start((policy, deterministic)),
+                 act=lambda policy, carry, state, key: actor.act((policy, deterministic), carry, state, key))
 
 
 class ChainStage(NamedTuple):
     env: AssemblyEnv
-    act: Act
+    actor: Actor
     steps: Optional[int] = None  # control steps; default the environment's episode length
 
 
@@ -136,22 +137,9 @@ class ChainResult(NamedTuple):
 
 
 def _stage_runner(stage: ChainStage):
-    env, act = stage.env, stage.act
-    steps = env.config.episode_steps if stage.steps is None else stage.steps
-
     def episode(params, key, init, start):
-        k_reset, k_act = jax.random.split(key)
-        state = env.reset(k_reset, init, start)
-
-        def body(carry, k):
-            state, alive, moved = carry
-            state = env.step(state, act(params, state, k))
-            moved = jnp.maximum(moved, env.prior_part_displacement(state.physics))
-            return (state, alive & ~state.terminated, moved), None
-
-        carry = (state, jnp.ones((), bool), env.prior_part_displacement(state.physics))
-        (state, alive, moved), _ = jax.lax.scan(body, carry, jax.random.split(k_act, steps))
-        return state, state.success & alive, moved
+        out = run_episode(stage.env, stage.actor, params, key, init, start, stage.steps)
+        return out.state, out.success, out.displacement
 
     return episode
 
