@@ -2,13 +2,13 @@
 
     python experiments/acquisition_ablation.py --task square_peg --preset quick --seeds 2 --out runs/ablation
 
-The same specialists (seeds 0..S-1, trained here or taken from a finished
-`experiments/refinery.py` run with --baselines DIR) are fine-tuned with each
+The same specialists (seeds 0..S-1, trained here or taken from a finished run of
+`experiments/train_specialist.py` or `experiments/refinery.py` with --baselines DIR) are fine-tuned with each
 acquisition for the same fixed number of rounds (the convergence rule is off so every
 arm gets the same PPO updates and env steps), plus the uniform-reset control; each
 policy is then evaluated on fresh uniform trials. Writes results.json (per arm: mean,
-std, 95 % CI, per seed), figures/acquisitions.png (like the paper's Fig. 3) and
-stages/ (finished arms; --resume skips them).
+std, 95 % CI, per seed), figures/acquisitions.png (like the paper's Fig. 3), stages/
+(finished arms; --resume skips them), log.txt, tensorboard/ and metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK})")
     parser.add_argument("--preset", default="quick", choices=("quick", "paper"))
+    from refinery_jax.refinery.presets import add_backend_argument
+
+    add_backend_argument(parser)
     parser.add_argument("--seeds", type=int, default=2, help="number of seeds, 0..S-1 (default 2)")
     parser.add_argument("--out", required=True, type=pathlib.Path)
     parser.add_argument("--acquisitions", nargs="+", default=list(ACQUISITIONS), choices=ACQUISITIONS)
@@ -40,8 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "preset's max_rounds)")
     parser.add_argument("--eval-trials", type=int, default=1000, help="fresh trials per arm and seed")
     parser.add_argument("--baselines", type=pathlib.Path, default=None,
-                        help="a finished experiments/refinery.py run (same task and preset, seeds 0..S-1 among "
-                             "its seeds) whose specialists to start from")
+                        help="a finished run of experiments/train_specialist.py or refinery.py (same task and "
+                             "preset, seeds 0..S-1 among its seeds) whose specialists to start from")
     parser.add_argument("--baseline-updates", type=int, default=None, help="override the specialists' PPO updates")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true")
@@ -65,7 +68,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from refinery_jax.refinery.presets import configure
 
     try:
-        args.configs = configure(args.preset, args.task, baseline_updates=args.baseline_updates)
+        args.configs = configure(args.preset, args.task, baseline_updates=args.baseline_updates, backend=args.backend)
     except ValueError as error:
         parser.error(str(error))
     return args
@@ -78,47 +81,53 @@ def main(argv=None) -> None:
     rounds = args.rounds or base_finetune.max_rounds
     # the convergence window is longer than the run: every arm runs exactly `rounds` rounds
     base_finetune = dataclasses.replace(base_finetune, max_rounds=rounds, window=rounds + 1)
-    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", "stages", "baseline"))
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite,
+                             unfinished_markers=("config.json", "stages", "specialists"))
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
 
-    def progress(message):
-        print(f"[{time.time() - t_start:7.0f} s] {message}", flush=True)
-
     import jax
+
+    from refinery_jax.logging_utils import RunLog, ScalarLogger
+
+    progress = RunLog(out)
+    logger = ScalarLogger(out)
 
     from refinery_jax.compile_cache import enable_compile_cache
 
     enable_compile_cache()  # each program compiles once per machine
     import numpy as np
 
-    from refinery_jax.checkpoints import config_fingerprint, stage_cache
+    from refinery_jax.checkpoints import stage_cache
     from refinery_jax.evaluation import make_evaluate
-    from refinery_jax.ppo import default_hyperparams, make_trainer
     from refinery_jax.refinery import format_table, make_finetune, run_rounds, summarize_seeds
     from refinery_jax.refinery.plots import plot_table
-    from refinery_jax.refinery.specialists import seed_keys, train_specialists
+    from refinery_jax.refinery.specialists import (
+        SPECIALISTS_DIR,
+        build_trainer,
+        run_identity,
+        seed_keys,
+        train_specialists,
+    )
     from refinery_jax.success_models import ProposalConfig
 
     config = spec.config
     seeds = list(range(args.seeds))
-    run_id = {"fingerprint": config_fingerprint((config, spec, base_finetune, seeds, args.eval_trials)),
-              "task": args.task, "preset": args.preset, "seeds": seeds}
+    run_id = run_identity(spec, args.task, args.preset, seeds, extra=(base_finetune, args.eval_trials))
     # the arms' keys depend on the list of acquisitions, and the specialists on --baselines
     write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "baseline")},
                            "finetune": dataclasses.asdict(base_finetune)},
                      resume, must_match=("fingerprint", "args.acquisitions", "args.baselines"))
     k_train, k_compare, _ = seed_keys(seeds)
-    trainer = make_trainer(config)
+    trainer, hparams = build_trainer(spec, progress)
     env = trainer.env
-    hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
     if args.baselines is not None:
         baseline = args.baseline
         progress(f"specialists from {args.baselines}")
     else:
-        baseline = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / "baseline", run_id, resume,
-                                     progress)
+        baseline = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / SPECIALISTS_DIR, run_id,
+                                     resume, progress, logger=logger)
 
     evaluate = make_evaluate(env, trainer.model, obs_clip=config.obs_clip)
     cache = stage_cache(out / "stages", run_id, resume, progress)
@@ -140,7 +149,7 @@ def main(argv=None) -> None:
         init = lambda: jax.vmap(finetune.init)(k_arms[:, key_index], baseline, budget)  # noqa: E731
 
         return cache(f"finetune_{name}", lambda: run_rounds(finetune, jax.jit(init)(), batch_evaluate, trainer.policy,
-                                                            f"  {name}", progress), init)
+                                                            f"  {name}", progress, logger, f"finetune_{name}"), init)
 
     success = {"baseline": cache("fresh_baseline", lambda: fresh_success(baseline, k_fresh),
                                  lambda: fresh_success(baseline, k_fresh))}
@@ -156,6 +165,8 @@ def main(argv=None) -> None:
                               lambda s=state: fresh_success(s.train, k_fresh))
 
     table = {name: summarize_seeds(np.asarray(s)) for name, s in success.items()}
+    logger.log(0, {f"eval/{name}": row["success_mean"] for name, row in table.items()})
+    logger.close()
     for name, state in arms.items():
         table[name]["finetune_env_steps_per_seed"] = np.asarray(state.history.env_steps[:, rounds - 1]).tolist()
         table[name]["round_success_per_seed"] = np.asarray(state.history.success_rate).tolist()
@@ -165,7 +176,8 @@ def main(argv=None) -> None:
     figure = plot_table(table, out / "figures" / "acquisitions.png",
                         title=f"{args.task}: fine-tuning {rounds} rounds per arm, {len(seeds)} seed(s)")
     results = {**run_id, "arms": table, "rounds": rounds, "eval_trials": args.eval_trials, "figure": figure,
-               "wall_s": time.time() - t_start, "jax_version": jax.__version__, "device": str(jax.devices()[0])}
+               "wall_s": time.time() - t_start, "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+               "backend": config.env.backend}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     progress(f"wrote {out / 'results.json'}")
 

@@ -8,9 +8,10 @@ same name) → Baseline (uniform θ) → Deployment (baseline + success GMM, Alg
 Uniform fine-tune (the same rounds and env steps with uniform resets: the control the
 paper does not report). Each row is measured on fresh trials used for nothing else.
 
-Writes into --out: config.json, baseline/ (orbax checkpoints of the specialists),
+Writes into --out: config.json, specialists/ (orbax checkpoints of the specialists),
 stages/ (each finished stage, so --resume skips it), results.json (the table),
-arrays.npz (everything the notebook needs), figures/*.png, log.txt.
+arrays.npz (everything the notebook needs), figures/*.png, log.txt, tensorboard/ and
+metrics.jsonl (training, fine-tuning and evaluation scalars).
 """
 
 from __future__ import annotations
@@ -52,42 +53,40 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     spec, comparison_config = args.configs
-    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", "baseline", "stages"))
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite,
+                             unfinished_markers=("config.json", "specialists", "stages"))
     t_start = time.time()
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    log_file = open(out / "log.txt", "a")
-
-    def progress(message: str):
-        line = f"[{time.time() - t_start:7.0f} s] {message}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
 
     import jax
+
+    from refinery_jax.logging_utils import RunLog, ScalarLogger
+
+    progress = RunLog(out)
 
     from refinery_jax.compile_cache import enable_compile_cache
 
     enable_compile_cache()  # each program compiles once per machine
 
-    from refinery_jax.checkpoints import config_fingerprint
     from refinery_jax.evaluation import save_success_map, success_map
     from refinery_jax.refinery import format_table
     from refinery_jax.refinery import plots
     from refinery_jax.refinery.experiment import refine_task
     from refinery_jax.refinery.results_io import RunData, add_success_map, pack_arrays, save_run
-    from refinery_jax.refinery.specialists import seed_keys
+    from refinery_jax.refinery.specialists import run_identity, seed_keys
 
     config = spec.config
     seeds = list(range(args.seeds))
-    run_id = {"fingerprint": config_fingerprint((config, spec, comparison_config, seeds)), "task": args.task,
-              "preset": args.preset, "seeds": seeds}
+    run_id = run_identity(spec, args.task, args.preset, seeds, extra=(comparison_config,))
     write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k != "configs"},
-                           "ppo": dataclasses.asdict(config), "comparison": dataclasses.asdict(comparison_config)},
-                     resume)
+                           "ppo": dataclasses.asdict(config), "comparison": dataclasses.asdict(comparison_config),
+                           "jax_version": jax.__version__, "device": str(jax.devices()[0])}, resume)
+    progress(f"{args.task}, preset {args.preset}, seeds {seeds}, physics backend {config.env.backend}")
 
     k_train, k_compare, k_maps = seed_keys(seeds)
-    run = refine_task(spec, comparison_config, k_train, k_compare, out, run_id, resume, progress)
+    with ScalarLogger(out) as logger:
+        run = refine_task(spec, comparison_config, k_train, k_compare, out, run_id, resume, progress, logger=logger)
     trainer, evaluate, state, result, table = run
     env = trainer.env
     low, high = env.init_low, env.init_high
@@ -98,7 +97,7 @@ def main(argv=None) -> None:
     results = {**run_id, "methods": table, "eval_trials": comparison_config.eval_trials,
                "specialist_env_steps": int(config.total_env_steps), "acquisition": args.acquisition,
                "selection": args.selection, "jax_version": jax.__version__, "device": str(jax.devices()[0]),
-               "resumed": resume}
+               "backend": config.env.backend, "resumed": resume}
     if not args.no_figures:
         fig_dir = out / "figures"
         progress("[success maps before and after fine-tuning, seed 0; figures]")

@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # per stage; --eval-trials is also the chained trials per row, --gmm-inits those fitting the joint GMM
     add_budget_arguments(parser)
     parser.add_argument("--init-from", type=pathlib.Path, default=None,
-                        help="warm-start every stage's specialists from this finished experiments/refinery.py run")
+                        help="warm-start every stage's specialists from this finished run of "
+                             "experiments/train_specialist.py or experiments/refinery.py")
     parser.add_argument("--no-figures", action="store_true", help="skip figures/sequence.png")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the unfinished run(s) in --out")
@@ -81,19 +82,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def run_assembly(name: str, args, out: pathlib.Path, resume: bool) -> dict:
+    from refinery_jax.logging_utils import RunLog, ScalarLogger
+
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / "log.txt", "a") as log_file:
-        return _run_assembly(name, args, out, resume, log_file)
+    with ScalarLogger(out) as logger:
+        return _run_assembly(name, args, out, resume, RunLog(out), logger)
 
 
-def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) -> dict:
+def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, progress, logger) -> dict:
     t_start = time.time()
-
-    def progress(message: str):
-        line = f"[{time.time() - t_start:7.0f} s] {message}"
-        print(line, flush=True)
-        log_file.write(line + "\n")
-        log_file.flush()
 
     import jax
     import numpy as np
@@ -112,7 +109,7 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
     comparison_config = configs[0][1]
     donor = None if args.donor is None else args.donor["fingerprint"]  # the warm start's own run, not its path
     run_id = {"fingerprint": config_fingerprint((configs, seeds, donor)), "assembly": name,
-              "preset": args.preset, "seeds": seeds}
+              "preset": args.preset, "seeds": seeds, "backend": configs[0][0].config.env.backend}
     write_run_config(out, {**run_id, "stages": list(tasks),
                            "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "assemblies", "donor", "warm")},
                            "ppo": [dataclasses.asdict(spec.config) for spec, _ in configs],
@@ -123,13 +120,14 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
         progress(f"=== stage {k + 1}/{len(tasks)}: {task}")
         train_keys, compare_keys, _ = seed_keys(seeds, stream=k)
         run = refine_task(spec, comparison, train_keys, compare_keys, out / f"stage_{k}", {**run_id, "stage": k},
-                          resume, progress, warm_start=args.warm)
+                          resume, progress, warm_start=args.warm, logger=logger)
         progress(f"{task}:\n{format_table(run.table)}")
         runs.append(run)
 
     paper = paper_sequence_table([r.result for r in runs])
     progress("=== chained trials")
-    evaluate = make_chain_evaluator([ChainStage(r.trainer.env, ppo_act(r.trainer.model, r.trainer.env.observation_size, spec.config.obs_clip))
+    evaluate = make_chain_evaluator([ChainStage(r.trainer.env, ppo_act(r.trainer.model, r.trainer.env.observation_size,
+                                                                       spec.config.obs_clip))
                                      for r, (spec, _) in zip(runs, configs)],
                                     batch_size=chain_batch_size(min(comparison_config.eval_trials,
                                                                     comparison_config.gmm_inits)))
@@ -151,7 +149,8 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, log_file) ->
                                "components_per_seed": [int(m.gmm.num_components) for m in joint_models]},
                "specialist_env_steps_per_stage": [int(spec.config.total_env_steps) for spec, _ in configs],
                "warm_start": None if args.init_from is None else str(args.init_from),
-               "jax_version": jax.__version__, "device": str(jax.devices()[0]), "resumed": resume}
+               "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+               "backend": configs[0][0].config.env.backend, "resumed": resume}
     if not args.no_figures:
         (out / "figures").mkdir(exist_ok=True)
         results["figure"] = plot_sequence(paper, chained, out / "figures" / "sequence.png",

@@ -14,7 +14,6 @@ The last line of stdout is a JSON list (with --json).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 

@@ -153,7 +153,7 @@ def test_script_refuses_to_overwrite_runs(script_main, tmp_path):
     assert (finished / "results.json").read_text() == '{"success_rate": 0.9}'
 
     unfinished = tmp_path / "unfinished"
-    (unfinished / "checkpoints").mkdir(parents=True)
+    (unfinished / "specialists").mkdir(parents=True)
     assert "--resume" in _exit_message(script_main, "--out", str(unfinished))
 
     foreign = tmp_path / "foreign"
@@ -176,22 +176,22 @@ def test_script_killed_run_resumes_to_the_same_parameters(tmp_path):
     proc = subprocess.Popen([sys.executable, str(SCRIPT), "--out", str(out), *common], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 3000
-    while latest_step(out / "checkpoints") is None and proc.poll() is None and time.time() < deadline:
+    while latest_step(out / "specialists") is None and proc.poll() is None and time.time() < deadline:
         time.sleep(1.0)
     proc.kill()
     proc.wait()
-    assert latest_step(out / "checkpoints") == 10 and not (out / "results.json").exists()  # killed mid-run
+    assert latest_step(out / "specialists") == 10 and not (out / "results.json").exists()  # killed mid-run
     assert _script("--out", str(out), *common).returncode != 0  # refuses without --resume
     resumed = _script("--out", str(out), "--resume", *common, timeout=3000)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
-    a = ocp.StandardCheckpointer().restore(tmp_path / "a" / "checkpoints" / "20" / "state")
-    b = ocp.StandardCheckpointer().restore(out / "checkpoints" / "20" / "state")
+    a = ocp.StandardCheckpointer().restore(tmp_path / "a" / "specialists" / "20" / "state")
+    b = ocp.StandardCheckpointer().restore(out / "specialists" / "20" / "state")
     _assert_trees_equal(a["params"], b["params"])
     import json
     ra, rb = (json.loads((d / "results.json").read_text()) for d in (tmp_path / "a", out))
     assert ra["success_rate"] == rb["success_rate"] and ra["mean_return"] == rb["mean_return"]
-    assert rb["resumed"] is True and ra["env_steps"] == rb["env_steps"] == 20 * 64 * 25
+    assert rb["resumed"] is True and ra["env_steps"] == rb["env_steps"] == 20 * 256 * 25
 
 
 def test_resume_never_replaces_the_record_of_a_run_s_settings(tmp_path):
@@ -212,8 +212,9 @@ def test_load_specialists_checks_the_donor_run(tmp_path):
     """`load_specialists` (sequence --init-from, ablation --baselines): a prefix of the donor's
     seeds, its task/preset when asked, finished, and checkpoints of the run its config.json names."""
     from refinery_jax.checkpoints import template_from_shapes
+    from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE
     from refinery_jax.ppo.presets import preset
-    from refinery_jax.refinery.specialists import load_specialists, seed_keys
+    from refinery_jax.refinery.specialists import SPECIALISTS_DIR, load_specialists, seed_keys
 
     spec = preset("quick", "square_peg")
     trainer = make_trainer(spec.config)
@@ -225,13 +226,15 @@ def test_load_specialists_checks_the_donor_run(tmp_path):
         lambda a: np.broadcast_to(np.arange(2, dtype=a.dtype).reshape((2,) + (1,) * (a.ndim - 1)), a.shape),
         state.params))  # seed s's weights all equal s
 
-    def donor(name, fingerprint="f0", update=done, saved_fingerprint="f0"):
+    def donor(name, fingerprint="f0", update=done, saved_fingerprint="f0",
+              observation=(POLICY_OBS_SIZE, CRITIC_OBS_SIZE)):
         run = tmp_path / name
         info = {"fingerprint": fingerprint, "task": "square_peg", "preset": "quick", "seeds": [0, 1],
-                "ppo": {"num_updates": done}}
-        (run / "baseline").mkdir(parents=True)
+                "ppo": {"num_updates": done}, "backend": spec.config.env.backend,
+                "observation": {"policy": observation[0], "critic": observation[1]}}
+        (run / SPECIALISTS_DIR).mkdir(parents=True)
         (run / "config.json").write_text(json.dumps(info))
-        save_checkpoint(run / "baseline", update, state.replace(update=np.full(2, update, np.int32)),
+        save_checkpoint(run / SPECIALISTS_DIR, update, state.replace(update=np.full(2, update, np.int32)),
                         {**{k: info[k] for k in ("task", "preset", "seeds")}, "fingerprint": saved_fingerprint})
         return run
 
@@ -249,3 +252,6 @@ def test_load_specialists_checks_the_donor_run(tmp_path):
         load_specialists(donor("half", update=10), [0])
     with pytest.raises(CheckpointError, match="another run"):
         load_specialists(donor("mixed", saved_fingerprint="f1"), [0])
+    # specialists trained before the observation grew (24 / 44 values): refused before anything is built
+    with pytest.raises(ValueError, match="observe 24 .*retrain"):
+        load_specialists(donor("old", observation=(24, 44)), [0])

@@ -10,12 +10,18 @@ Against demonstration paths [N, T, 3] ordered from free space to the goal:
    index k* + c;
 3. the segment is demo n* from k* to k* + c (c points; for c = 0 the matched point
    twice), capped at `max_segment` points so every shape is static;
-4. r_imit = (1 - tanh(sdtw(window, segment))) * (1 - k*/T).
+4. r_imit = (1 - tanh(max(sdtw(window / s, segment / s) / H, 0))) * (1 - k*/T),
+   with positions measured in units of `length_scale` s (1 cm) and the soft-DTW
+   divided by the window length H: the mean squared deviation from the demo, in s².
 
 As in AutoMate, the progress weight 1 - k*/T is largest at the start of a demo (far
 from the goal) and falls towards the goal; the dense and success terms reward the
-goal itself. With positions in metres and γ = 0.01 the soft-min smoothing, not the
-distances, dominates sdtw (it is slightly negative), again as in AutoMate.
+goal itself. AutoMate compares positions in metres with γ = 0.01: a centimetre is then
+1e-4 against a soft-min smoothing of order γ, so sdtw is dominated by the smoothing,
+slightly negative whatever the path, and the reward barely depends on following the
+demo (measured: a 1 cm offset changed it by < 0.01, or raised it). In units of s and
+per window point, following the demo gives ~1 x the progress weight, a 1 cm offset
+~0.3 x, and following it at half or twice its speed ~1 x (tests/test_soft_dtw.py).
 """
 
 from __future__ import annotations
@@ -34,12 +40,13 @@ class ImitationConfig:
     """Static settings of the imitation reward (its weight lives with the traced reward weights)."""
 
     history: int = 10        # fingertip positions in the window (AutoMate: 10)
-    gamma: float = 0.01      # soft-DTW smoothing (AutoMate: 0.01, squared Euclidean)
+    gamma: float = 0.01      # soft-DTW smoothing (AutoMate: 0.01, squared Euclidean), in length_scale units
+    length_scale: float = 0.01  # m: positions are compared in this unit (a deviation of one costs ~tanh(1))
     max_segment: int = 32    # longest demo segment compared (static shape)
     num_demos: int = 32      # disassembly attempts generated for the reference paths
 
     def __post_init__(self):
-        if self.history < 2 or self.max_segment < 1 or self.num_demos < 1 or self.gamma <= 0:
+        if self.history < 2 or self.max_segment < 1 or self.num_demos < 1 or self.gamma <= 0 or self.length_scale <= 0:
             raise ValueError(f"bad imitation config: {self}")
 
 
@@ -60,8 +67,10 @@ def push_window(window: jax.Array, position: jax.Array) -> jax.Array:
     return jnp.concatenate([window[1:], position[None]], axis=0)
 
 
-def imitation_reward(window: jax.Array, paths: jax.Array, gamma, max_segment: int) -> ImitationInfo:
-    """r_imit for one environment. window [H, 3] (oldest first), paths [N, T, 3] (towards the goal)."""
+def imitation_reward(window: jax.Array, paths: jax.Array, gamma, max_segment: int,
+                     length_scale: float = 0.01) -> ImitationInfo:
+    """r_imit for one environment. window [H, 3] (oldest first), paths [N, T, 3] (towards the goal), in m."""
+    window, paths = window / length_scale, paths / length_scale
     num_paths, length, dim = paths.shape
     anchor, current = window[0], window[-1]
     nearest = jnp.argmin(jnp.sum((paths - anchor) ** 2, axis=-1).ravel())
@@ -79,4 +88,5 @@ def imitation_reward(window: jax.Array, paths: jax.Array, gamma, max_segment: in
     single = soft_dtw(window, jnp.stack([path[start], path[start]]), gamma)
     sdtw = jnp.where(offset == 0, single, matched)
     progress = 1.0 - start / length
-    return ImitationInfo(reward=(1.0 - jnp.tanh(sdtw)) * progress, sdtw=sdtw, demo=demo, index=start)
+    deviation = jnp.maximum(sdtw / window.shape[0], 0.0)
+    return ImitationInfo(reward=(1.0 - jnp.tanh(deviation)) * progress, sdtw=sdtw, demo=demo, index=start)

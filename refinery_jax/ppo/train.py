@@ -14,7 +14,9 @@ compile and `jax.vmap(train)(keys, hparams)` runs an ablation over traced values
 logs and checkpoints between chunks; the result is the same as one long scan.
 
 The reset distribution is the `sampler` argument (`key -> init`): every episode
-that ends is restarted from a fresh draw (shifted by the curriculum's height offset).
+that ends is restarted from a fresh draw (raised by the curriculum's height offset, if
+the config has a curriculum). Environments start staggered (`stagger_starts`), so
+episodes end at every step of a rollout rather than all at once.
 """
 
 from __future__ import annotations
@@ -98,6 +100,7 @@ class Trainer(NamedTuple):
     init: Callable[[jax.Array, PPOHyperparams], TrainState]
     update: Callable[[TrainState], tuple[TrainState, UpdateMetrics]]
     policy: Callable[[TrainState], Policy]
+    demo_paths: Optional[np.ndarray]  # the imitation reward's reference paths (None without imitation)
 
 
 def learning_rate_schedule(config: PPOConfig, hp: PPOHyperparams) -> optax.Schedule:
@@ -155,6 +158,9 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     B = config.num_envs
 
     def shifted(offset) -> Sampler:
+        """The reset distribution, raised by the curriculum's height offset (when there is a curriculum)."""
+        if config.curriculum is None:
+            return sampler
         return lambda key: sampler(key) + jnp.array([0.0, 0.0, 1.0]) * offset
 
     def critic_input(states: EnvState):
@@ -213,7 +219,8 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             r_imit = jnp.zeros(B)
             if imit is not None:
                 window = jax.vmap(push_window)(window, _goal_relative_fingertip(env, stepped))
-                r_imit = jax.vmap(lambda w: imitation_reward(w, paths, imit.gamma, imit.max_segment).reward)(window)
+                r_imit = jax.vmap(lambda w: imitation_reward(w, paths, imit.gamma, imit.max_segment,
+                                                                  imit.length_scale).reward)(window)
                 reward = reward + hp.reward_weights[IMITATION_TERM] * r_imit
             done = stepped.done
             restarted = jax.vmap(lambda p: fresh_window(p, history))(_goal_relative_fingertip(env, next_states))
@@ -303,7 +310,8 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     def policy(state: TrainState) -> Policy:
         return Policy(params=state.params, obs_stats=state.obs_stats)
 
-    return Trainer(config=config, env=env, model=model, init=init, update=update, policy=policy)
+    return Trainer(config=config, env=env, model=model, init=init, update=update, policy=policy,
+                   demo_paths=None if imit is None else np.asarray(demo_paths))
 
 
 def make_chunk(trainer: Trainer, num_updates: int):

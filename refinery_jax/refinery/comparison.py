@@ -97,37 +97,49 @@ def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callab
 
 
 def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callable, policy: Callable,
-               name: str = "fine-tune", progress: Callable = print) -> FineTuneState:
+               name: str = "fine-tune", progress: Callable = print, logger=None, tag: str = "finetune") -> FineTuneState:
     """Rounds for a batch of runs [S] until all are done (finished runs are left as they are).
 
-    batch_evaluate: `jax.jit(jax.vmap(evaluate))`; policy: `trainer.policy`.
+    batch_evaluate: `jax.jit(jax.vmap(evaluate))`; policy: `trainer.policy`. logger: a
+    `ScalarLogger` for the per-round evaluation success and training success (mean over seeds).
     """
+    from refinery_jax.logging_utils import progress_bar  # noqa: PLC0415
+
     request, record = jax.jit(jax.vmap(finetune.request)), jax.jit(jax.vmap(finetune.record))
     improve, policies = jax.jit(jax.vmap(finetune.improve)), jax.jit(jax.vmap(policy))
     e = finetune.config.eval_points
-    while not bool(np.all(np.asarray(state.done))):
-        inits, keys = request(state)
-        if finetune.config.guided:
-            success = batch_evaluate(policies(state.train), inits, keys).success
-        else:  # the control evaluates nothing between rounds
-            inits, success = jnp.zeros_like(inits), jnp.zeros(inits.shape[:1] + (e,), bool)
-        state = improve(record(state, inits, success))
-        message = f"{name} round {int(np.max(np.asarray(state.rounds)))}: done {np.asarray(state.done).tolist()}"
-        if finetune.config.guided:
-            rows = np.asarray(state.rounds) - 1
-            rates = np.asarray(state.history.success_rate)[np.arange(len(rows)), rows]
-            message += f" | eval success per seed {np.round(rates, 3).tolist()}"
-        progress(message)
+    start = int(np.max(np.asarray(state.rounds)))
+    with progress_bar(int(np.max(np.asarray(state.max_rounds))), name, "round", initial=start) as bar:
+        while not bool(np.all(np.asarray(state.done))):
+            inits, keys = request(state)
+            if finetune.config.guided:
+                success = batch_evaluate(policies(state.train), inits, keys).success
+            else:  # the control evaluates nothing between rounds
+                inits, success = jnp.zeros_like(inits), jnp.zeros(inits.shape[:1] + (e,), bool)
+            state = improve(record(state, inits, success))
+            rounds = np.asarray(state.rounds)
+            rows = np.arange(len(rounds)), rounds - 1
+            message = f"{name} round {int(rounds.max())}: done {np.asarray(state.done).tolist()}"
+            scalars = {f"{tag}/train_success": float(np.mean(np.asarray(state.history.train_success)[rows]))}
+            if finetune.config.guided:
+                rates = np.asarray(state.history.success_rate)[rows]
+                message += f" | eval success per seed {np.round(rates, 3).tolist()}"
+                scalars[f"{tag}/eval_success"] = float(np.mean(rates))
+            if logger is not None:
+                logger.log(int(rounds.max()), scalars)
+            bar.update(1)
+            progress(message)
     return state
 
 
 def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, baseline: TrainState,
-                   progress: Callable = print, cache: Optional[Callable] = None) -> ComparisonResult:
+                   progress: Callable = print, cache: Optional[Callable] = None, logger=None) -> ComparisonResult:
     """All five rows for S seeds. keys: [S] seed keys; baseline: TrainState with leading axis [S].
 
     cache(name, compute, like) -> compute() lets a caller store and reuse stage results
     (resume); `like` is a traceable zero-argument function with the result's structure
     (`jax.eval_shape(like)` gives a restore template). By default every stage is computed.
+    logger: a `ScalarLogger` for each row's success (`eval/<row>`) and the fine-tuning rounds.
     """
     cache = cache or (lambda name, compute, like: compute())
     c, cfg = comparison, comparison.config
@@ -148,8 +160,11 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
             result = c.evaluate(policies(train_state), inits, k_eval)
             return FreshEval(inits=inits, success=result.success, returns=result.returns)
 
-        progress(f"[{name}]")
-        return cache(f"fresh_{name}", compute, compute)
+        progress(f"[{name}] {cfg.eval_trials} fresh trials per seed")
+        out = cache(f"fresh_{name}", compute, compute)
+        if logger is not None:
+            logger.log(0, {f"eval/{name}": float(np.mean(np.asarray(out.success)))})
+        return out
 
     def deployment_model(name, train_state):
         """Algorithm 2's offline phase on its own N uniform θ."""
@@ -169,13 +184,13 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
     bo_init = lambda: jax.vmap(c.finetune_bo.init)(streams["finetune"], baseline)  # noqa: E731
     progress("[finetune]")
     bo = cache("finetune", lambda: run_rounds(c.finetune_bo, jax.jit(bo_init)(), c.evaluate, trainer.policy,
-                                              "fine-tune (BO)", progress), bo_init)
+                                              "fine-tune (BO)", progress, logger, "finetune"), bo_init)
     # the control gets exactly the BO run's rounds, hence the same PPO updates and env steps
     control_init = lambda: jax.vmap(c.finetune_uniform.init)(streams["control"], baseline, bo.rounds)  # noqa: E731
     progress("[uniform_finetune]")
     control = cache("uniform_finetune", lambda: run_rounds(c.finetune_uniform, jax.jit(control_init)(), c.evaluate,
-                                                           trainer.policy, "fine-tune (uniform control)", progress),
-                    control_init)
+                                                           trainer.policy, "fine-tune (uniform control)", progress,
+                                                           logger, "uniform_finetune"), control_init)
 
     fresh_finetune = fresh("finetune", bo.train)
     deploy_tuned = deployment_model("gmm_finetuned", bo.train)

@@ -1,6 +1,6 @@
 """One task through Refinery as the experiment scripts run it: specialists, then the comparison.
 
-`refine_task` trains (or resumes) the specialists of S seeds in `out/baseline` and runs
+`refine_task` trains (or resumes) the specialists of S seeds in `out/specialists` and runs
 the five-row comparison with every finished stage stored in `out/stages`, so a killed
 run continues with `resume=True`. `experiments/refinery.py` runs it once;
 `experiments/sequence.py` once per insertion stage of a multi-part assembly.
@@ -15,7 +15,6 @@ import jax
 
 from refinery_jax.checkpoints import stage_cache
 from refinery_jax.evaluation import make_evaluate
-from refinery_jax.ppo import default_hyperparams, make_trainer
 from refinery_jax.ppo.presets import Preset
 from refinery_jax.ppo.train import Trainer, TrainState
 from refinery_jax.refinery.comparison import (
@@ -25,7 +24,7 @@ from refinery_jax.refinery.comparison import (
     make_comparison,
     run_comparison,
 )
-from refinery_jax.refinery.specialists import train_specialists
+from refinery_jax.refinery.specialists import SPECIALISTS_DIR, build_trainer, train_specialists
 
 
 class TaskRun(NamedTuple):
@@ -38,19 +37,18 @@ class TaskRun(NamedTuple):
 
 def refine_task(spec: Preset, comparison_config: ComparisonConfig, train_keys: jax.Array, compare_keys: jax.Array,
                 out: pathlib.Path, run_id: dict, resume: bool, progress: Callable = print,
-                warm_start: Optional[TrainState] = None) -> TaskRun:
+                warm_start: Optional[TrainState] = None, logger=None) -> TaskRun:
     """Specialists ([S] keys `train_keys`, optionally warm-started) → the comparison on `compare_keys`.
 
     run_id: stored with every checkpoint; a resumed run must match it.
     """
     config = spec.config
-    trainer = make_trainer(config)
-    hparams = default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
-    baseline = train_specialists(trainer, hparams, train_keys, spec.chunk_updates, out / "baseline", run_id, resume,
-                                 progress, warm_start=warm_start)
+    trainer, hparams = build_trainer(spec, progress)
+    baseline = train_specialists(trainer, hparams, train_keys, spec.chunk_updates, out / SPECIALISTS_DIR, run_id,
+                                 resume, progress, warm_start=warm_start, logger=logger)
     evaluate = make_evaluate(trainer.env, trainer.model, obs_clip=config.obs_clip)
     comparison = make_comparison(comparison_config, trainer, evaluate)
     cache = stage_cache(out / "stages", run_id, resume, progress)
-    result = run_comparison(comparison, trainer, compare_keys, baseline, progress=progress, cache=cache)
+    result = run_comparison(comparison, trainer, compare_keys, baseline, progress=progress, cache=cache, logger=logger)
     table = comparison_table(result, trainer.env.init_low, trainer.env.init_high, comparison_config.cells)
     return TaskRun(trainer=trainer, evaluate=evaluate, baseline=baseline, result=result, table=table)

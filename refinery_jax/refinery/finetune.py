@@ -138,7 +138,8 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
     """
     env = trainer.env
     low, high = jnp.asarray(env.init_low), jnp.asarray(env.init_high)
-    ppo_config = dataclasses.replace(trainer.config, anneal_lr=False)
+    # a constant learning rate, and no curriculum: resets come from the proposals exactly
+    ppo_config = dataclasses.replace(trainer.config, anneal_lr=False, curriculum=None)
     q, e, r_max = config.proposal.q, config.eval_points, config.max_rounds
     acq = AcquisitionParams(beta=config.acquisition[0], xi=config.acquisition[1])
 
@@ -189,7 +190,7 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
         r, h = state.rounds - 1, state.history
         sampler = proposal_sampler(h.proposals[r], low, high, state.uniform_share)
         # same network and shapes as the specialist; only the reset distribution changes
-        chunk = make_chunk(make_trainer(ppo_config, env, sampler, None), config.updates_per_round)
+        chunk = make_chunk(make_trainer(ppo_config, env, sampler, trainer.demo_paths), config.updates_per_round)
         train_state, metrics = chunk(state.train)
         rate = jnp.sum(metrics.successes) / jnp.maximum(jnp.sum(metrics.episodes), 1)
         history = h.replace(trained=h.trained.at[r].set(True),

@@ -11,12 +11,13 @@ from refinery_jax.success_models import DeploymentConfig, ProposalConfig
 
 
 def comparison_preset(name: str, acquisition: str = "ucb") -> ComparisonConfig:
-    """`quick` (2 CPU cores: 128 θ per GP round, at most 8 rounds of 10 PPO updates) or
+    """`quick` (2 CPU cores: 256 θ per GP round, at most 6 rounds of 4 PPO updates of the quick
+    specialist's 6400 env steps) or
     `paper` (1000 θ per round as the paper's evaluations, up to 30 rounds). Both report
     every row on 1000 fresh trials and fit the GMMs on N = 1000 (Algorithm 2)."""
     proposal = ProposalConfig(kind=acquisition, q=32)
     if name == "quick":
-        finetune = FineTuneConfig(eval_points=128, updates_per_round=10, max_rounds=8, proposal=proposal)
+        finetune = FineTuneConfig(eval_points=256, updates_per_round=4, max_rounds=6, proposal=proposal)
     elif name == "paper":
         finetune = FineTuneConfig(eval_points=1000, updates_per_round=10, max_rounds=30, learning_rate=1e-4,
                                   proposal=proposal)
@@ -27,16 +28,13 @@ def comparison_preset(name: str, acquisition: str = "ucb") -> ComparisonConfig:
 
 def configure(name: str, task: str, acquisition: str = "ucb", selection: str = "argmax",
               baseline_updates: Optional[int] = None, max_rounds: Optional[int] = None,
-              eval_trials: Optional[int] = None, gmm_inits: Optional[int] = None):
-    """(PPO `Preset`, `ComparisonConfig`) of preset `name` for `task`, with the experiment
-    scripts' overrides (None keeps the preset's value). Raises ValueError on bad values,
-    before anything is compiled."""
+              eval_trials: Optional[int] = None, gmm_inits: Optional[int] = None, backend: str = "auto"):
+    """(PPO `Preset`, `ComparisonConfig`) of preset `name` for `task` on physics `backend`, with
+    the experiment scripts' overrides (None keeps the preset's value). Raises ValueError on bad
+    values, before anything is compiled."""
     from refinery_jax.ppo.presets import preset
 
-    spec = preset(name, task)
-    if spec.config.imitation is not None:
-        raise ValueError(f"preset {name!r} uses the imitation reward; the Refinery scripts train specialists "
-                         "without demos (train them with experiments/train_specialist.py) — use the quick preset")
+    spec = preset(name, task, backend)
     if baseline_updates is not None:
         if baseline_updates < 1 or baseline_updates % spec.chunk_updates:
             raise ValueError(f"baseline updates must be a positive multiple of the chunk size {spec.chunk_updates}")
@@ -54,11 +52,20 @@ def configure(name: str, task: str, acquisition: str = "ucb", selection: str = "
 BUDGET_OPTIONS = ("baseline_updates", "max_rounds", "eval_trials", "gmm_inits")
 
 
+def add_backend_argument(parser) -> None:
+    """`--backend {auto,mjx,c}`: the physics backend (every experiment script has it)."""
+    from refinery_jax.envs.physics import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="physics: C MuJoCo (c, the default on CPU) or MJX (mjx, the default on GPU/TPU)")
+
+
 def add_budget_arguments(parser) -> None:
     """The command-line options behind `configure` (experiments/refinery.py and sequence.py)."""
     from refinery_jax.ppo.presets import PRESETS
     from refinery_jax.success_models.acquisition import ACQUISITIONS
 
+    add_backend_argument(parser)
     parser.add_argument("--preset", default="quick", choices=PRESETS, help="budgets (default quick)")
     parser.add_argument("--acquisition", default="ucb", choices=ACQUISITIONS, help="BO acquisition (default ucb)")
     parser.add_argument("--selection", default="argmax", choices=("argmax", "random"),
@@ -78,6 +85,6 @@ def configure_from_args(parser, args, task: str):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     try:
         return configure(args.preset, task, args.acquisition, args.selection,
-                         *(getattr(args, name) for name in BUDGET_OPTIONS))
+                         *(getattr(args, name) for name in BUDGET_OPTIONS), backend=args.backend)
     except ValueError as error:
         parser.error(str(error))

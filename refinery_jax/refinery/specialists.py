@@ -1,12 +1,19 @@
-"""Specialists for several seeds at once: one vmapped PPO run, checkpointed after every chunk.
+"""Specialists: the one way this project trains, checkpoints and loads PPO policies.
 
-Shared by the Refinery experiments. Seed s's keys come from `jax.random.key(s)`:
-split 3 ways into (specialist training, everything after it, figures).
-`load_specialists` reads the specialists of a finished run (to warm-start others).
+`build_trainer(spec)` makes the trainer of a preset (generating the disassembly demos
+its imitation reward needs, if any); `train_specialists` trains S seeds in one vmapped
+run, checkpointed after every chunk into `RUN/specialists/`, with a progress bar and
+TensorBoard scalars; `load_specialists(RUN)` reads the specialists of any run that
+`experiments/train_specialist.py`, `experiments/refinery.py` or
+`experiments/acquisition_ablation.py` wrote (its `config.json` says what they are).
+
+Seed s's keys come from `jax.random.key(s)`: split 3 ways into (specialist training,
+everything after it, figures).
 """
 
 from __future__ import annotations
 
+import json
 import pathlib
 from typing import Callable, Optional
 
@@ -15,11 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from refinery_jax.checkpoints import latest_step, restore_checkpoint, save_checkpoint
-from refinery_jax.ppo.config import PPOHyperparams
-from refinery_jax.ppo.train import Trainer, TrainState, make_chunk
+from refinery_jax.ppo.config import PPOHyperparams, default_hyperparams
+from refinery_jax.ppo.presets import Preset
+from refinery_jax.ppo.train import Trainer, TrainState, make_chunk, make_trainer
 
-
+SPECIALISTS_DIR = "specialists"  # inside a run directory: the orbax checkpoints of the specialists [S]
 STREAM_TAG = 0x5E9  # keeps the stream keys apart from the keys `seed_keys(seeds)` and its splits give
+DEMO_KEY = 0xD3         # demos are data of the task, the same for every seed
 
 
 def seed_keys(seeds, stream: Optional[int] = None) -> tuple[jax.Array, jax.Array, jax.Array]:
@@ -36,18 +45,53 @@ def seed_keys(seeds, stream: Optional[int] = None) -> tuple[jax.Array, jax.Array
     return split[:, 0], split[:, 1], split[:, 2]
 
 
+def build_trainer(spec: Preset, progress: Callable = print) -> tuple[Trainer, PPOHyperparams]:
+    """The trainer and hyperparameters of a preset. With an imitation reward, its reference
+    paths are generated first (`num_demos` disassemblies of the task, a fixed key)."""
+    from refinery_jax.envs.assembly_env import AssemblyEnv  # noqa: PLC0415
+    from refinery_jax.envs.demos import DemoConfig, make_generator  # noqa: PLC0415
+
+    config = spec.config
+    env = AssemblyEnv(config.env)
+    demo_paths = None
+    if config.imitation is not None:
+        demos = jax.jit(make_generator(env, DemoConfig(num_attempts=config.imitation.num_demos)))(
+            jax.random.key(DEMO_KEY))
+        demo_paths = demos.assembly_paths()
+        progress(f"demos: {len(demo_paths)} valid of {config.imitation.num_demos} disassemblies")
+        if len(demo_paths) == 0:
+            raise RuntimeError("no valid disassembly demonstration: cannot build the imitation reward")
+    trainer = make_trainer(config, env, demo_paths=demo_paths)
+    return trainer, default_hyperparams(config, imitation_weight=spec.imitation_weight, **spec.hparams)
+
+
+def run_identity(spec: Preset, task: str, preset: str, seeds, extra=()) -> dict:
+    """What identifies a run's specialists (stored in config.json and every checkpoint): the
+    fingerprint of the configuration, the task, preset, seeds, physics backend and
+    observation sizes, which `load_specialists` checks before building anything."""
+    from refinery_jax.checkpoints import config_fingerprint  # noqa: PLC0415
+    from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE  # noqa: PLC0415
+
+    return {"fingerprint": config_fingerprint((spec.config, spec, list(seeds)) + tuple(extra)), "task": task,
+            "preset": preset, "seeds": list(seeds), "backend": spec.config.env.backend,
+            "observation": {"policy": POLICY_OBS_SIZE, "critic": CRITIC_OBS_SIZE}}
+
+
 def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array, chunk_updates: int,
                       checkpoint_dir: Optional[pathlib.Path] = None, meta: Optional[dict] = None,
                       resume: bool = False, progress: Callable = print,
-                      warm_start: Optional[TrainState] = None) -> TrainState:
+                      warm_start: Optional[TrainState] = None, logger=None, tag: str = "train") -> TrainState:
     """Train one specialist per key ([S]) for `trainer.config.num_updates` updates; returns TrainState [S].
 
     With `checkpoint_dir`, the stacked state is saved after every chunk and, with
     `resume`, training continues from the latest one (same final parameters).
     warm_start: trained specialists [S] (any task with the same network sizes) whose
     parameters and observation statistics seed seed s's run (a fresh optimiser;
-    environments and curriculum of this task).
+    environments and curriculum of this task). logger: a `logging_utils.ScalarLogger`
+    (per-update metrics of seed 0 and the mean over seeds, under `tag/`).
     """
+    from refinery_jax.logging_utils import progress_bar  # noqa: PLC0415
+
     config = trainer.config
     if config.num_updates % chunk_updates:
         raise ValueError(f"num_updates {config.num_updates} is not a multiple of chunk_updates {chunk_updates}")
@@ -64,32 +108,39 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
     chunk = jax.jit(jax.vmap(make_chunk(trainer, chunk_updates)))
     progress(f"training {keys.shape[0]} specialist(s): {config.num_envs} envs x {config.num_steps} steps x "
              f"{config.num_updates} updates = {config.total_env_steps:,} env steps each")
-    while int(state.update[0]) < config.num_updates:
-        state, metrics = chunk(state)
-        m = jax.device_get(metrics)
-        rates = m.successes.sum(axis=1) / np.maximum(m.episodes.sum(axis=1), 1)
-        progress(f"specialists update {int(state.update[0])}/{config.num_updates}: training success per seed "
-                 f"{np.round(rates, 3).tolist()}")
-        if checkpoint_dir is not None:
-            save_checkpoint(checkpoint_dir, int(state.update[0]), state, meta or {})
+    with progress_bar(config.num_updates, "specialists", "update", initial=int(state.update[0])) as bar:
+        while int(state.update[0]) < config.num_updates:
+            state, metrics = chunk(state)
+            m = jax.device_get(metrics)
+            rates = m.successes.sum(axis=1) / np.maximum(m.episodes.sum(axis=1), 1)
+            if logger is not None:
+                for i in range(chunk_updates):
+                    scalars = {f"{tag}/{k}": np.nanmean(v[:, i]) for k, v in m.__dict__.items()}
+                    logger.log(int(m.env_steps[0, i]), scalars)
+            bar.update(chunk_updates)
+            bar.set_postfix(success=np.round(rates, 2).tolist())
+            progress(f"specialists update {int(state.update[0])}/{config.num_updates}: training success per seed "
+                     f"{np.round(rates, 3).tolist()}")
+            if checkpoint_dir is not None:
+                save_checkpoint(checkpoint_dir, int(state.update[0]), state, meta or {})
     return state
 
 
 def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, preset: str | None = None) -> TrainState:
-    """The specialists [S] saved in `run_dir/baseline` by `experiments/refinery.py` (its seeds
-    must include `seeds`, in order from 0; and its task and preset be these, when given).
-    Raises ValueError before any compile if not, CheckpointError if the checkpoints belong
-    to another run than its config.json."""
-    import json
-
-    from refinery_jax.checkpoints import template_from_shapes
-    from refinery_jax.ppo import default_hyperparams, make_trainer
-    from refinery_jax.ppo.presets import preset as ppo_preset
+    """The specialists [S] a run saved in `run_dir/specialists` (its seeds must include `seeds`,
+    in order from 0; its task and preset be these, when given). Raises ValueError before any
+    compile when they cannot be used here (other seeds, task or preset, unfinished, made with
+    other observation sizes or a physics backend this machine cannot run), CheckpointError if
+    the checkpoints belong to another run than its config.json."""
+    from refinery_jax.checkpoints import template_from_shapes  # noqa: PLC0415
+    from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE  # noqa: PLC0415
+    from refinery_jax.ppo.presets import preset as ppo_preset  # noqa: PLC0415
 
     run_dir = pathlib.Path(run_dir)
     config_file = run_dir / "config.json"
-    if not config_file.exists() or latest_step(run_dir / "baseline") is None:
-        raise ValueError(f"{run_dir} holds no specialists (config.json and baseline/ of experiments/refinery.py)")
+    if not config_file.exists() or latest_step(run_dir / SPECIALISTS_DIR) is None:
+        raise ValueError(f"{run_dir} holds no specialists (config.json and {SPECIALISTS_DIR}/ of "
+                         "experiments/train_specialist.py or experiments/refinery.py)")
     info = json.loads(config_file.read_text())
     have, want = list(info["seeds"]), list(seeds)
     if have[: len(want)] != want:
@@ -97,14 +148,22 @@ def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, pres
     for name, value in (("task", task), ("preset", preset)):
         if value is not None and info[name] != value:
             raise ValueError(f"{run_dir} was run for {name} {info[name]!r}, not {value!r}")
-    spec = ppo_preset(info["preset"], info["task"])
-    trainer = make_trainer(spec.config)
+    sizes = info.get("observation", {"policy": 24, "critic": 44})  # runs before the observation grew
+    if (sizes["policy"], sizes["critic"]) != (POLICY_OBS_SIZE, CRITIC_OBS_SIZE):
+        raise ValueError(f"{run_dir}'s specialists observe {sizes['policy']} (critic {sizes['critic']}) values; this "
+                         f"version's observation has {POLICY_OBS_SIZE} ({CRITIC_OBS_SIZE}): retrain them")
+    spec = ppo_preset(info["preset"], info["task"], info.get("backend", "mjx"))
+    if "ppo" in info and info["ppo"].get("num_updates") not in (None, spec.config.num_updates):
+        import dataclasses  # noqa: PLC0415
+
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, num_updates=info["ppo"]["num_updates"]))
+    trainer = make_trainer(spec.config, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
     hparams = default_hyperparams(spec.config, imitation_weight=spec.imitation_weight, **spec.hparams)
     keys = seed_keys(have)[0]
     template = template_from_shapes(jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, None)), keys, hparams))
     run_id = {k: info[k] for k in ("fingerprint", "task", "preset", "seeds")}
-    state, _ = restore_checkpoint(run_dir / "baseline", template, expected_meta=run_id)
-    if int(state.update[0]) != info["ppo"]["num_updates"]:
+    state, _ = restore_checkpoint(run_dir / SPECIALISTS_DIR, template, expected_meta=run_id)
+    if int(state.update[0]) != spec.config.num_updates:
         raise ValueError(f"the specialists in {run_dir} are unfinished ({int(state.update[0])} of "
-                         f"{info['ppo']['num_updates']} updates)")
+                         f"{spec.config.num_updates} updates)")
     return jax.tree.map(lambda a: a[: len(want)], state)
