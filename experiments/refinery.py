@@ -24,7 +24,6 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
 from refinery_jax.refinery.presets import add_budget_arguments, configure_from_args  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
@@ -42,6 +41,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
     args = parser.parse_args(argv)
+    from refinery_jax.refinery.presets import resolve_backend_arg
+
+    resolve_backend_arg(parser, args)  # first: choosing MJX sets its XLA CPU flag before JAX starts
     if args.task not in task_names():
         parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
     if args.seeds < 1:

@@ -13,7 +13,6 @@ import json
 import pathlib
 import time
 
-import refinery_jax  # noqa: F401  (sets the XLA CPU flag before JAX starts)
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -17,7 +17,6 @@ import argparse
 import json
 import time
 
-import refinery_jax  # noqa: F401  (sets the XLA CPU flag before JAX starts)
 import jax
 import jax.numpy as jnp
 

@@ -25,7 +25,6 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import refinery_jax  # noqa: E402,F401  (sets the XLA CPU flag before JAX starts)
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
 from refinery_jax.ppo.presets import PRESETS  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
@@ -39,6 +38,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK}): "
                         + ", ".join(task_names()))
     parser.add_argument("--preset", default="quick", choices=PRESETS, help="training recipe and budget (default quick)")
+    parser.add_argument("--embodiment", default="floating_hand", help="floating_hand (default) or franka")
     add_backend_argument(parser)
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1, trained as one vmap (default 1)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
@@ -52,6 +52,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--map-z", type=int, default=2, help="success-map z slices")
     parser.add_argument("--map-trials", type=int, default=8, help="episodes per success-map cell")
     args = parser.parse_args(argv)
+    from refinery_jax.refinery.presets import resolve_backend_arg
+
+    resolve_backend_arg(parser, args)  # first: choosing MJX sets its XLA CPU flag before JAX starts
     if args.task not in task_names():
         parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
     if args.updates is not None and args.updates < 1:
@@ -61,7 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     from refinery_jax.ppo.presets import preset
 
     try:
-        args.spec = preset(args.preset, args.task, args.backend)
+        args.spec = preset(args.preset, args.task, args.backend, args.embodiment)
     except ValueError as error:
         parser.error(str(error))
     if args.updates is not None:
@@ -103,7 +106,8 @@ def main(argv=None) -> None:
     write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k != "spec"},
                            "ppo": dataclasses.asdict(config), "hparams": spec.hparams,
                            "jax_version": jax.__version__, "device": str(jax.devices()[0])}, resume)
-    progress(f"task {args.task} | preset {args.preset} | seeds {seeds} | physics backend {config.env.backend} | "
+    progress(f"task {args.task} | {args.embodiment} | preset {args.preset} | seeds {seeds} | physics backend "
+             f"{config.env.backend} | "
              f"{config.num_envs} envs x {config.num_steps} steps x {config.num_updates} updates = "
              f"{config.total_env_steps:,} env steps per seed")
     k_train, k_after, k_maps = seed_keys(seeds)
@@ -142,8 +146,8 @@ def main(argv=None) -> None:
         "train_wall_s": train_wall,
         "eval_wall_s": eval_wall,
         "wall_s": time.time() - t_start,
-        "training_curve": [{"env_steps": r["step"], "success": r.get("train/success_rate")} for r in curve
-                           if "train/success_rate" in r],
+        "training_curve": [{"env_steps": r["step"], "success": r["train/chunk_success"], "wall_s": r["train/wall_s"]}
+                           for r in curve if "train/wall_s" in r],
         "success_map": {**map_stats, **map_paths},
         "resumed": resume,
     }

@@ -1,7 +1,7 @@
-"""refinery_jax: Refinery (active fine-tuning + deployment-time optimisation) in JAX/MJX."""
+"""refinery_jax: Refinery (active fine-tuning + deployment-time optimisation) in JAX, on MuJoCo.
 
-from refinery_jax.xla_flags import ensure_cpu_flags
-
-ensure_cpu_flags()  # must run before JAX initialises its backend
+Physics runs on C MuJoCo (the CPU default) or MJX (GPU/TPU); choosing MJX sets the XLA
+CPU flag it needs before JAX starts (`refinery_jax.xla_flags`).
+"""
 
 __version__ = "0.1.0"

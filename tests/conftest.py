@@ -1,4 +1,4 @@
-"""Test set-up: the CPU XLA flag and a persistent compilation cache, before JAX starts."""
+"""Test set-up: MJX's CPU XLA flag and a persistent compilation cache, before JAX starts."""
 
 import os
 
@@ -6,7 +6,11 @@ import os
 # single GP fits vary 100x under load. Must be set before numpy loads OpenBLAS.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import refinery_jax  # noqa: F401  (sets XLA_FLAGS before JAX initialises)
+# The suite runs MJX beside C MuJoCo in one process: MJX on CPU needs its XLA flag, set
+# before JAX initialises (the C backend runs slower with it, which the tests can afford).
+from refinery_jax.xla_flags import use_mjx_cpu_flags  # noqa: E402
+
+use_mjx_cpu_flags()
 
 # Compiles dominate test time on CPU; reuse them across runs of the suite (and with the
 # experiment scripts). The cache lives outside the checkout so fresh clones share it.

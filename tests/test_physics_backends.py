@@ -22,37 +22,36 @@ STEPS = 100
 BATCH = 8
 
 
-def _rollout(env, actions_fn, key):
-    """Plug-tip paths [B, STEPS, 3] of BATCH episodes from fixed starts."""
+def _rollout(env, key):
+    """Plug-tip paths [2B, STEPS, 3] and final success [2B]: BATCH episodes under random actions
+    (free space), then the same starts under the scripted insertion (contact), in one program."""
     keys = jax.random.split(key, BATCH)
     inits = jax.vmap(lambda k: jax.random.uniform(k, (3,), minval=env.init_low, maxval=env.init_high))(keys)
+    scripted = jnp.arange(2 * BATCH) >= BATCH
 
-    def one(k, init):
+    def one(k, init, use_script):
         state = env.reset(k, init)
 
         def body(state, k_act):
-            state = env.step(state, actions_fn(env, state, k_act))
+            action = jnp.where(use_script, scripted_action(env, state), _random_actions(k_act))
+            state = env.step(state, action)
             return state, (env.plug_tip(state.physics), state.success)
 
         _, (tips, success) = jax.lax.scan(body, state, jax.random.split(k, STEPS))
         return tips, success[-1]
 
-    return jax.jit(jax.vmap(one))(keys, inits)
+    return jax.jit(jax.vmap(one))(jnp.concatenate([keys, keys]), jnp.concatenate([inits, inits]), scripted)
 
 
-def _random_actions(env, state, key):
+def _random_actions(key):
     """Random in x, y and yaw, rising in z: the plug stays clear of the socket (free space)."""
     a = 0.5 * jax.random.uniform(key, (6,), minval=-1.0, maxval=1.0)
     return a.at[2].set(jnp.abs(a[2]))
 
 
-def _scripted(env, state, key):
-    return scripted_action(env, state)
-
-
 @pytest.fixture(scope="module")
-def hand_envs():
-    return {b: AssemblyEnv(EnvConfig(backend=b)) for b in ("c", "mjx")}
+def hand_paths():
+    return {b: jax.device_get(_rollout(AssemblyEnv(EnvConfig(backend=b)), jax.random.key(3))) for b in ("c", "mjx")}
 
 
 def test_impedance_law_is_the_same_in_numpy_and_jax():
@@ -76,7 +75,7 @@ def test_impedance_law_is_the_same_in_numpy_and_jax():
 
 
 @pytest.mark.parametrize("actions", ["random", "scripted"])
-def test_backends_agree_on_plug_trajectories(hand_envs, actions):
+def test_backends_agree_on_plug_trajectories(hand_paths, actions):
     """Same start, same actions: the plug tips stay within micrometres over 100 control steps.
 
     Measured (floating hand, square_peg, 8 starts): free space with random actions at most
@@ -85,14 +84,14 @@ def test_backends_agree_on_plug_trajectories(hand_envs, actions):
     reading the current instead of the lagged kinematics on one side it is millimetres (the C
     prototype of shared/cpu-backend-notes.md: 1.7-4.5 mm). Tolerances: 10x the measured gap.
     """
-    policy = _random_actions if actions == "random" else _scripted
+    rows = slice(0, BATCH) if actions == "random" else slice(BATCH, 2 * BATCH)
     tolerance = 2e-6 if actions == "random" else 25e-6
-    (c_tips, c_success), (m_tips, m_success) = (_rollout(hand_envs[b], policy, jax.random.key(3)) for b in ("c", "mjx"))
-    gap = np.abs(np.asarray(c_tips) - np.asarray(m_tips)).max()
+    (c_tips, c_success), (m_tips, m_success) = ((t[rows], s[rows]) for t, s in (hand_paths["c"], hand_paths["mjx"]))
+    gap = np.abs(c_tips - m_tips).max()
     assert gap < tolerance, f"plug tips differ by {gap * 1e6:.2f} um"
-    assert np.abs(np.asarray(c_tips)[:, -1] - np.asarray(c_tips)[:, 0]).max() > 5e-3  # the plug did move
+    assert np.abs(c_tips[:, -1] - c_tips[:, 0]).max() > 5e-3  # the plug did move
     if actions == "scripted":
-        assert bool(jnp.all(c_success)) and bool(jnp.all(m_success))
+        assert c_success.all() and m_success.all()
 
 
 def test_backends_agree_on_the_franka_in_free_space():

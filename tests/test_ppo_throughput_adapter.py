@@ -26,6 +26,7 @@ def benchmark():
 
 
 def test_brax_adapter_shapes(benchmark):
+    pytest.importorskip("brax", reason="Brax is the optional 'bench' extra: pip install -e '.[bench]'")
     from brax.envs.base import Env
     from brax.envs.wrappers import training
 

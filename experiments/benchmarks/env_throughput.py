@@ -1,17 +1,26 @@
-"""Environment throughput: batched MJX vs C MuJoCo on the same model, same thread count.
+"""Environment throughput: the C backend and MJX against raw C MuJoCo, on the same in-contact scene.
 
-For each embodiment on the default task, the plug starts inserted and is pressed
-into the socket floor by a constant actuator command (computed once by the
-impedance controller), so contacts are active in both simulators. Measured:
+For each embodiment on the default task, `--batch` worlds start with the plug half
+inside the socket, off-centre by up to 0.3 mm, and every action presses it down and
+sideways (a = (0.3, 0, -1, 0, 0, 0)): the plug is against a wall and the floor for the
+whole measurement (the number of contacts is reported). Measured in one process:
 
-- `mjx_steps_per_s`: physics steps/s of `mjx.step`, vmapped over `--batch` worlds;
-- `control_steps_per_s`: 15 Hz environment steps/s (controller + 16 physics steps each),
-  vmapped; `env_physics_steps_per_s` is the same in physics steps;
-- `mujoco_c_steps_per_s`: `mujoco.rollout` over the same batch and controls, with as
-  many threads as this machine has cores (XLA:CPU uses them all too);
-- `ratio`: mjx_steps_per_s / mujoco_c_steps_per_s; `compile_s`: env step compile.
+- `c_env_control_steps_per_s`, `mjx_env_control_steps_per_s`: 15 Hz environment steps/s of
+  `jit(vmap(scan(env.step)))` over `--control-steps` steps (controller at every physics
+  substep, observation, reward), after a warm-up call;
+- `raw_c_physics_steps_per_s`: `mujoco.batch.Batch.step` on the same worlds (the C env's
+  float64 state rows, socket pose included) with the torques held constant, as many threads
+  as the C backend uses; `raw_c_control_steps_per_s` is that / decimation: the ceiling;
+- ratios `c_env_over_raw_c` (goal >= 0.5) and `c_env_over_mjx`;
+- `*_step_compile_s`: compile time of the vmapped env step;
+- `eval_1000_s`: 1000 episodes of the privileged scripted insertion (75 control steps each,
+  mostly in contact) through `envs.episodes.run_episode`, batches of 256, on the C backend,
+  after compiling (`eval_1000_compile_s`) -- the cost of one row of a Refinery table.
 
-The last line of stdout is one JSON object (with `--json`).
+MJX runs in a subprocess of this script (`--mjx-only`): it needs its XLA CPU flag, which
+slows the C backend's JAX side, so each backend is measured in a process configured as
+the scripts configure it. Noisy on a shared machine: repeat and compare ratios within
+one run. The last line of stdout is one JSON object (with `--json`).
 """
 
 from __future__ import annotations
@@ -19,22 +28,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
+import sys
 import time
 
-import refinery_jax  # noqa: F401  (sets the XLA CPU flag before JAX starts)
-import jax
-import jax.numpy as jnp
-import mujoco
-import numpy as np
-from mujoco import mjx, rollout
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from refinery_jax.envs import control
-from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+from mujoco import batch as mj_batch  # noqa: E402
+
+from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig  # noqa: E402
+from refinery_jax.envs.episodes import run_episode  # noqa: E402
+from refinery_jax.envs.samplers import env_uniform  # noqa: E402
+from refinery_jax.envs.scripted import scripted_actor  # noqa: E402
+
+PRESS = jnp.array([0.3, 0.0, -1.0, 0.0, 0.0, 0.0])
 
 
-def _time(fn, *args, repeats: int) -> float:
-    """Median wall time of `fn(*args)` after one warm-up call (compile excluded)."""
-    jax.block_until_ready(fn(*args))
+def _median_time(fn, *args, repeats: int) -> float:
+    jax.block_until_ready(fn(*args))  # compile and warm up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -43,97 +57,113 @@ def _time(fn, *args, repeats: int) -> float:
     return float(np.median(times))
 
 
-def measure(embodiment: str, task: str | None, batch: int, physics_steps: int, control_steps: int, repeats: int):
-    config = EnvConfig(embodiment=embodiment) if task is None else EnvConfig(task=task, embodiment=embodiment)
-    env = AssemblyEnv(config)
+def _starts(env, batch):
     keys = jax.random.split(jax.random.key(0), batch)
-    inits = jnp.zeros((batch, 3))  # inserted: the plug touches walls and floor
-    states = jax.jit(jax.vmap(env.reset))(keys, inits)
+    offset = jax.random.uniform(jax.random.key(1), (batch, 2), minval=-3e-4, maxval=3e-4)
+    inits = jnp.concatenate([offset, jnp.full((batch, 1), env.assembly.depth / 2)], axis=1)
+    return jax.jit(jax.vmap(env.reset))(keys, inits)
 
-    # a constant command pressing the plug 5 cm into the floor, from the controller at the start
-    def press(d):
-        p, q, jac, mass = control.fingertip_state(env.model, d, env.fingertip_body, env.spec.num_dofs)
-        n = env.spec.num_dofs
-        return control.impedance_torques(p, q, jac, mass, d.qpos[:n], d.qvel[:n], p - jnp.array([0, 0, 0.05]), q,
-                                         jnp.asarray(env.spec.home_qpos), jnp.asarray(env.spec.torque_limits),
-                                         env.config.control)
 
-    ctrl = jax.jit(jax.vmap(press))(states.data)
-    data = states.data.replace(ctrl=ctrl)
-
-    def physics(d):
-        return jax.lax.scan(lambda d, _: (mjx.step(env.model, d), None), d, None, length=physics_steps)[0]
-
-    physics_batch = jax.jit(jax.vmap(physics))
-    mjx_s = _time(physics_batch, data, repeats=repeats)
-
-    def episode(s):
-        return jax.lax.scan(lambda s, _: (env.step(s, jnp.array([0, 0, -1.0, 0, 0, 0])), None), s, None,
-                            length=control_steps)[0]
-
-    env_steps = jax.jit(jax.vmap(episode))
+def env_rate(env, batch: int, control_steps: int, repeats: int):
+    """(control steps/s, compile s of one vmapped step, states after pressing into contact)."""
+    states = _starts(env, batch)
+    actions = jnp.tile(PRESS, (batch, 1))
+    step = jax.vmap(env.step)
     start = time.perf_counter()
-    step_compiled = jax.jit(jax.vmap(env.step)).lower(states, jnp.zeros((batch, 6))).compile()
+    compiled = jax.jit(step).lower(states, actions).compile()
     compile_s = time.perf_counter() - start
-    del step_compiled
-    env_s = _time(env_steps, states, repeats=repeats)
+    for _ in range(5):  # settle into contact
+        states = compiled(states, actions)
+    run = jax.jit(lambda s: jax.lax.scan(lambda s, _: (step(s, actions), None), s, None, length=control_steps)[0])
+    seconds = _median_time(run, states, repeats=repeats)
+    return batch * control_steps / seconds, compile_s, states
 
-    # C MuJoCo on the same model, from the same states, same constant controls
-    m = env.mj_model
-    d0 = mujoco.MjData(m)
-    spec = mujoco.mjtState.mjSTATE_FULLPHYSICS
-    init_state = np.empty((batch, mujoco.mj_stateSize(m, spec)))
-    qpos, qvel = np.asarray(data.qpos), np.asarray(data.qvel)
-    mocap_pos, mocap_quat = np.asarray(data.mocap_pos), np.asarray(data.mocap_quat)
-    for i in range(batch):
-        d0.qpos[:], d0.qvel[:] = qpos[i], qvel[i]
-        d0.mocap_pos[:], d0.mocap_quat[:] = mocap_pos[i], mocap_quat[i]
-        mujoco.mj_getState(m, d0, init_state[i], spec)
-    controls = np.repeat(np.asarray(ctrl)[:, None, :], physics_steps, axis=1)
-    threads = os.cpu_count() or 1
-    datas = [mujoco.MjData(m) for _ in range(threads)]
-    c_times = []
+
+def raw_c_rate(env, states, physics_steps: int, repeats: int):
+    """Physics steps/s of `mujoco.batch` on the C env's worlds, torques held constant; and contacts per world."""
+    backend = env.physics
+    rows = np.asarray(states.physics.sim.rows).view(np.float64).copy()
+    batch = mj_batch.Batch(env.mj_model, rows.shape[0], backend.threads)
+    ncon = batch.bind("ncon")
+    times = []
     for _ in range(repeats + 1):
+        batch.state[:] = rows
         start = time.perf_counter()
-        rollout.rollout(m, datas, init_state, controls, initial_warmstart=None)
-        c_times.append(time.perf_counter() - start)
-    c_s = float(np.median(c_times[1:]))
+        batch.step(nstep=physics_steps)
+        times.append(time.perf_counter() - start)
+    return rows.shape[0] * physics_steps / float(np.median(times[1:])), float(np.mean(ncon))
 
-    mjx_rate = batch * physics_steps / mjx_s
-    c_rate = batch * physics_steps / c_s
-    return {
-        "embodiment": embodiment,
-        "task": env.config.task,
-        "batch": batch,
-        "mjx_steps_per_s": mjx_rate,
-        "control_steps_per_s": batch * control_steps / env_s,
-        "env_physics_steps_per_s": batch * control_steps * env.config.decimation / env_s,
-        "mujoco_c_steps_per_s": c_rate,
-        "mujoco_c_threads": threads,
-        "ratio": mjx_rate / c_rate,
-        "compile_s": compile_s,
-        "ncon_mjx": int(data._impl.contact.dist.shape[-1]),  # noqa: SLF001
-        "timestep": env.config.physics.timestep,
-        "device": str(jax.devices()[0]),
-    }
+
+def eval_time(env, episodes: int = 1000, batch: int = 256):
+    """(seconds for `episodes` scripted episodes after compiling, compile + first run seconds, success)."""
+    actor = scripted_actor(env)
+    inits = jax.vmap(env_uniform(env))(jax.random.split(jax.random.key(2), episodes))
+    keys = jax.random.split(jax.random.key(3), episodes)
+    pad = -episodes % batch
+    inits, keys = (jnp.concatenate([x, x[:pad]]) for x in (inits, keys))
+    one = jax.vmap(lambda k, i: run_episode(env, actor, False, k, i).success)
+    run = jax.jit(lambda ks, xs: jax.lax.map(lambda a: one(*a), (ks.reshape(-1, batch), xs.reshape(-1, batch, 3))))
+    start = time.perf_counter()
+    jax.block_until_ready(run(keys, inits))
+    first = time.perf_counter() - start
+    start = time.perf_counter()
+    success = np.asarray(run(keys, inits)).reshape(-1)[:episodes]
+    return time.perf_counter() - start, first, float(success.mean())
+
+
+def measure(embodiment: str, batch: int, control_steps: int, repeats: int, with_mjx: bool, with_eval: bool) -> dict:
+    row = {"embodiment": embodiment, "batch": batch, "control_steps": control_steps}
+    c_env = AssemblyEnv(EnvConfig(embodiment=embodiment, backend="c"))
+    row["task"] = c_env.config.task
+    decimation = c_env.config.decimation
+    row["c_env_control_steps_per_s"], row["c_step_compile_s"], states = env_rate(c_env, batch, control_steps, repeats)
+    raw, row["contacts_per_world"] = raw_c_rate(c_env, states, control_steps * decimation, repeats)
+    row["raw_c_physics_steps_per_s"], row["raw_c_control_steps_per_s"] = raw, raw / decimation
+    row["c_env_over_raw_c"] = row["c_env_control_steps_per_s"] / row["raw_c_control_steps_per_s"]
+    row["c_threads"] = c_env.physics.threads or os.cpu_count()
+    if with_mjx:
+        cmd = [sys.executable, __file__, "--mjx-only", "--embodiments", embodiment, "--batch", str(batch),
+               "--control-steps", str(control_steps), "--repeats", str(repeats), "--json"]
+        mjx = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1])
+        row.update(mjx["rows"][0])
+        row["c_env_over_mjx"] = row["c_env_control_steps_per_s"] / row["mjx_env_control_steps_per_s"]
+    if with_eval:
+        row["eval_1000_s"], row["eval_1000_compile_s"], row["eval_1000_scripted_success"] = eval_time(c_env)
+    return row
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--embodiments", default="floating_hand,franka")
-    parser.add_argument("--task", default=None, help="default: the registry's default task")
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--physics-steps", type=int, default=64)
-    parser.add_argument("--control-steps", type=int, default=4)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--control-steps", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--no-mjx", action="store_true", help="skip MJX (its compile takes a minute or more on CPU)")
+    parser.add_argument("--no-eval", action="store_true", help="skip the 1000-episode evaluation timing")
     parser.add_argument("--json", action="store_true", help="print the result as one JSON line last")
+    parser.add_argument("--mjx-only", action="store_true", help=argparse.SUPPRESS)  # the MJX subprocess
     args = parser.parse_args()
-    results = {}
+    if min(args.batch, args.control_steps, args.repeats) < 1:
+        parser.error("--batch, --control-steps and --repeats must be positive")
+    if args.mjx_only:
+        from refinery_jax.envs.physics import resolve_backend
+
+        resolve_backend("mjx")  # its XLA CPU flag, before JAX starts
+        rows = []
+        for embodiment in args.embodiments.split(","):
+            env = AssemblyEnv(EnvConfig(embodiment=embodiment, backend="mjx"))
+            rate, compile_s, _ = env_rate(env, args.batch, args.control_steps, args.repeats)
+            rows.append({"mjx_env_control_steps_per_s": rate, "mjx_step_compile_s": compile_s})
+        print(json.dumps({"rows": rows}))
+        return
+    results = {"device": str(jax.devices()[0]), "cpus": os.cpu_count(), "rows": []}
     for embodiment in args.embodiments.split(","):
-        row = measure(embodiment, args.task, args.batch, args.physics_steps, args.control_steps, args.repeats)
-        results[embodiment] = row
+        row = measure(embodiment, args.batch, args.control_steps, args.repeats, not args.no_mjx,
+                      not args.no_eval and embodiment == "floating_hand")
+        results["rows"].append(row)
         if not args.json:
-            print(json.dumps(row, indent=1))
+            print(json.dumps(row, indent=1), flush=True)
     if args.json:
         print(json.dumps(results))
 

@@ -30,7 +30,6 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-import refinery_jax  # noqa: F401  (sets the XLA CPU flag before JAX starts)
 import jax
 import jax.numpy as jnp
 import numpy as np

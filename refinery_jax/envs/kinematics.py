@@ -70,6 +70,10 @@ def fingertip_pose_and_jacobian(chain: Chain, q: jax.Array):
     pos, quat = jnp.zeros(3), jnp.array([1.0, 0.0, 0.0, 0.0])
     columns = {}
     for link in chain.links:
+        # a barrier per link: XLA:CPU's fusion emitters otherwise fuse the whole chain of small
+        # dependent products and their cost grows exponentially with its depth (the trap MJX
+        # hits, refinery_jax/xla_flags.py): the arm's reset took minutes to compile
+        pos, quat = jax.lax.optimization_barrier((pos, quat))
         pos = pos + rotate(quat, jnp.asarray(link.pos, jnp.float32))
         quat = quat_mul(quat, jnp.asarray(link.quat, jnp.float32))
         for adr, hinge, axis, anchor, q0 in link.joints:

@@ -28,14 +28,18 @@ class Preset:
     chunk_updates: int
 
 
-def preset(name: str, task: str, backend: str = "auto") -> Preset:
-    """The named preset for `task` (floating hand) on physics `backend` ('auto' is resolved
+def preset(name: str, task: str, backend: str = "auto", embodiment: str = "floating_hand") -> Preset:
+    """The named preset for `task` and `embodiment` on physics `backend` ('auto' is resolved
     here, so configs and fingerprints name the backend that ran). ValueError for unknown
     names, before anything compiles."""
+    from refinery_jax.assets.scene import EMBODIMENTS  # noqa: PLC0415
+
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    if embodiment not in EMBODIMENTS:
+        raise ValueError(f"unknown embodiment {embodiment!r}; choose one of {', '.join(EMBODIMENTS)}")
     get_assembly(task)  # validates the task name
-    env = EnvConfig(task=task, backend=resolve_backend(backend))
+    env = EnvConfig(task=task, embodiment=embodiment, backend=resolve_backend(backend))
     if name == "quick":
         # 256 staggered environments x 25 steps, 4 epochs of 4 minibatches, lr 1e-3 decaying to
         # 0, a short horizon (γ 0.95) and little action noise; an MLP actor. On square_peg

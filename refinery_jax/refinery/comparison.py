@@ -16,6 +16,7 @@ not to choose a checkpoint. Seeds run as one `vmap` per stage.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple, Optional
 
 import jax
@@ -74,6 +75,7 @@ class Comparison(NamedTuple):
     evaluate: Callable          # jit(vmap(evaluate)): (policies [S], θ [S, N, 3], keys [S]) -> EvalResult [S, N]
     uniform_inits: Callable     # key -> θ [N, 3] (one seed)
     deployment_inits: Callable  # (key, DeploymentModel) -> θ [N, 3] (one seed)
+    fit_model: Callable         # (key, θ [N, 3], success [N]) -> DeploymentModel (Algorithm 2's offline phase)
 
 
 def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callable) -> Comparison:
@@ -86,14 +88,32 @@ def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callab
     def draw(sampler, key, n):
         return jax.vmap(sampler)(jax.random.split(key, n))
 
+    bo = make_finetune(config.finetune, trainer, evaluate)
+    uniform = make_finetune(dataclasses.replace(config.finetune, guided=False), trainer, evaluate)
+    # the control's PPO rounds are the BO run's program with uniform resets (a traced share of 1):
+    # sharing the function lets the control reuse the BO run's compiled program
+    uniform = uniform._replace(improve=bo.improve)
     return Comparison(
         config=config,
-        finetune_bo=make_finetune(config.finetune, trainer, evaluate),
-        finetune_uniform=make_finetune(dataclasses.replace(config.finetune, guided=False), trainer, evaluate),
+        finetune_bo=bo,
+        finetune_uniform=uniform,
         evaluate=jax.jit(jax.vmap(evaluate)),
         uniform_inits=lambda key, n: draw(uniform, key, n),
         deployment_inits=lambda key, model, n: draw(deployment_sampler(model, low, high, config.deployment), key, n),
+        fit_model=lambda key, inits, success: fit_success_model(key, inits, success, config.gmm),
     )
+
+
+@functools.cache
+def batched(fn: Callable, in_axes=0, static_argnums=()) -> Callable:
+    """`jit(vmap(fn))`, built once per function: repeated runs (a resumed stage, the same-seed
+    check) reuse its compiled programs; the C physics backend's programs cannot come from the
+    persistent compilation cache (they call back into Python)."""
+    return jax.jit(jax.vmap(fn, in_axes=in_axes), static_argnums=static_argnums)
+
+
+def _split3(key):
+    return jax.random.split(key, 3)
 
 
 def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callable, policy: Callable,
@@ -105,8 +125,8 @@ def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callabl
     """
     from refinery_jax.logging_utils import progress_bar  # noqa: PLC0415
 
-    request, record = jax.jit(jax.vmap(finetune.request)), jax.jit(jax.vmap(finetune.record))
-    improve, policies = jax.jit(jax.vmap(finetune.improve)), jax.jit(jax.vmap(policy))
+    request, record = batched(finetune.request), batched(finetune.record)
+    improve, policies = batched(finetune.improve), batched(policy)
     e = finetune.config.eval_points
     start = int(np.max(np.asarray(state.rounds)))
     with progress_bar(int(np.max(np.asarray(state.max_rounds))), name, "round", initial=start) as bar:
@@ -144,11 +164,10 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
     cache = cache or (lambda name, compute, like: compute())
     c, cfg = comparison, comparison.config
     streams = jax.vmap(key_streams)(keys)
-    policies = jax.jit(jax.vmap(trainer.policy))
-    split = jax.jit(jax.vmap(lambda k: jax.random.split(k, 3)))
-    uniform_inits = jax.jit(jax.vmap(c.uniform_inits, in_axes=(0, None)), static_argnums=1)
-    deployment_inits = jax.jit(jax.vmap(c.deployment_inits, in_axes=(0, 0, None)), static_argnums=2)
-    fit_model = jax.jit(jax.vmap(lambda k, x, s: fit_success_model(k, x, s, cfg.gmm)))
+    policies, split = batched(trainer.policy), batched(_split3)
+    uniform_inits = batched(c.uniform_inits, (0, None), 1)
+    deployment_inits = batched(c.deployment_inits, (0, 0, None), 2)
+    fit_model = batched(c.fit_model)
 
     def fresh(name, train_state, model=None):
         """A reported row: fresh θ (uniform, or from the deployment GMM) and fresh episodes."""
@@ -181,14 +200,14 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
     deploy_base = deployment_model("gmm_baseline", baseline)
     fresh_deployment = fresh("deployment", baseline, deploy_base)
 
-    bo_init = lambda: jax.vmap(c.finetune_bo.init)(streams["finetune"], baseline)  # noqa: E731
+    bo_init = lambda: batched(c.finetune_bo.init)(streams["finetune"], baseline)  # noqa: E731
     progress("[finetune]")
-    bo = cache("finetune", lambda: run_rounds(c.finetune_bo, jax.jit(bo_init)(), c.evaluate, trainer.policy,
+    bo = cache("finetune", lambda: run_rounds(c.finetune_bo, bo_init(), c.evaluate, trainer.policy,
                                               "fine-tune (BO)", progress, logger, "finetune"), bo_init)
     # the control gets exactly the BO run's rounds, hence the same PPO updates and env steps
-    control_init = lambda: jax.vmap(c.finetune_uniform.init)(streams["control"], baseline, bo.rounds)  # noqa: E731
+    control_init = lambda: batched(c.finetune_uniform.init)(streams["control"], baseline, bo.rounds)  # noqa: E731
     progress("[uniform_finetune]")
-    control = cache("uniform_finetune", lambda: run_rounds(c.finetune_uniform, jax.jit(control_init)(), c.evaluate,
+    control = cache("uniform_finetune", lambda: run_rounds(c.finetune_uniform, control_init(), c.evaluate,
                                                            trainer.policy, "fine-tune (uniform control)", progress,
                                                            logger, "uniform_finetune"), control_init)
 

@@ -60,6 +60,17 @@ def add_backend_argument(parser) -> None:
                         help="physics: C MuJoCo (c, the default on CPU) or MJX (mjx, the default on GPU/TPU)")
 
 
+def resolve_backend_arg(parser, args) -> None:
+    """Replace `args.backend` by the backend that will run; first thing after parsing, before
+    any JAX computation (choosing MJX sets its XLA CPU flag). Bad choices end in `parser.error`."""
+    from refinery_jax.envs.physics import resolve_backend
+
+    try:
+        args.backend = resolve_backend(args.backend)
+    except ValueError as error:
+        parser.error(str(error))
+
+
 def add_budget_arguments(parser) -> None:
     """The command-line options behind `configure` (experiments/refinery.py and sequence.py)."""
     from refinery_jax.ppo.presets import PRESETS

@@ -74,6 +74,7 @@ def run_identity(spec: Preset, task: str, preset: str, seeds, extra=()) -> dict:
 
     return {"fingerprint": config_fingerprint((spec.config, spec, list(seeds)) + tuple(extra)), "task": task,
             "preset": preset, "seeds": list(seeds), "backend": spec.config.env.backend,
+            "embodiment": spec.config.env.embodiment,
             "observation": {"policy": POLICY_OBS_SIZE, "critic": CRITIC_OBS_SIZE}}
 
 
@@ -106,6 +107,9 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
         state, _ = restore_checkpoint(checkpoint_dir, state, expected_meta=meta)
         progress(f"resumed the specialists at update {int(state.update[0])}")
     chunk = jax.jit(jax.vmap(make_chunk(trainer, chunk_updates)))
+    import time  # noqa: PLC0415
+
+    started = time.time()
     progress(f"training {keys.shape[0]} specialist(s): {config.num_envs} envs x {config.num_steps} steps x "
              f"{config.num_updates} updates = {config.total_env_steps:,} env steps each")
     with progress_bar(config.num_updates, "specialists", "update", initial=int(state.update[0])) as bar:
@@ -113,9 +117,12 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
             state, metrics = chunk(state)
             m = jax.device_get(metrics)
             rates = m.successes.sum(axis=1) / np.maximum(m.episodes.sum(axis=1), 1)
-            if logger is not None:
+            if logger is not None:  # (the chunk's wall time, compile included, goes with its last update)
                 for i in range(chunk_updates):
                     scalars = {f"{tag}/{k}": np.nanmean(v[:, i]) for k, v in m.__dict__.items()}
+                    if i == chunk_updates - 1:
+                        scalars[f"{tag}/wall_s"] = time.time() - started
+                        scalars[f"{tag}/chunk_success"] = float(np.mean(rates))  # episodes of the whole chunk
                     logger.log(int(m.env_steps[0, i]), scalars)
             bar.update(chunk_updates)
             bar.set_postfix(success=np.round(rates, 2).tolist())
@@ -152,7 +159,7 @@ def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, pres
     if (sizes["policy"], sizes["critic"]) != (POLICY_OBS_SIZE, CRITIC_OBS_SIZE):
         raise ValueError(f"{run_dir}'s specialists observe {sizes['policy']} (critic {sizes['critic']}) values; this "
                          f"version's observation has {POLICY_OBS_SIZE} ({CRITIC_OBS_SIZE}): retrain them")
-    spec = ppo_preset(info["preset"], info["task"], info.get("backend", "mjx"))
+    spec = ppo_preset(info["preset"], info["task"], info.get("backend", "mjx"), info.get("embodiment", "floating_hand"))
     if "ppo" in info and info["ppo"].get("num_updates") not in (None, spec.config.num_updates):
         import dataclasses  # noqa: PLC0415
 

@@ -70,13 +70,22 @@ class PhysicsSpec:
 
 
 def resolve_backend(name: str) -> str:
-    """'auto' -> 'c' on CPU, 'mjx' on GPU/TPU; 'mjx'/'c' as given. ValueError otherwise (no compile)."""
+    """'auto' -> 'c' on CPU, 'mjx' on GPU/TPU; 'mjx'/'c' as given. ValueError otherwise (no compile).
+
+    Choosing 'mjx' sets the XLA CPU flag MJX needs (`refinery_jax.xla_flags`): call this
+    before any JAX computation, as the scripts do first thing.
+    """
     if name not in BACKENDS:
         raise ValueError(f"unknown physics backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    if name == "mjx":
+        from refinery_jax.xla_flags import use_mjx_cpu_flags  # noqa: PLC0415
+
+        use_mjx_cpu_flags()
+        return name
     platform = jax.default_backend()
     if name == "auto":
         return "c" if platform == "cpu" else "mjx"
-    if name == "c" and platform != "cpu":
+    if platform != "cpu":
         raise ValueError(f"the C MuJoCo backend steps on the host CPU through a callback; JAX's default device "
                          f"here is {platform!r}: use --backend mjx (or auto), or JAX_PLATFORMS=cpu")
     return name
