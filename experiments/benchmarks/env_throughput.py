@@ -44,7 +44,7 @@ from refinery_jax.envs.episodes import run_episode  # noqa: E402
 from refinery_jax.envs.samplers import env_uniform  # noqa: E402
 from refinery_jax.envs.scripted import scripted_actor  # noqa: E402
 
-PRESS = jnp.array([0.3, 0.0, -1.0, 0.0, 0.0, 0.0])
+PRESS = (0.3, 0.0, -1.0, 0.0, 0.0, 0.0)  # (a plain tuple: no JAX work before the backend is chosen)
 
 
 def _median_time(fn, *args, repeats: int) -> float:
@@ -67,7 +67,7 @@ def _starts(env, batch):
 def env_rate(env, batch: int, control_steps: int, repeats: int):
     """(control steps/s, compile s of one vmapped step, states after pressing into contact)."""
     states = _starts(env, batch)
-    actions = jnp.tile(PRESS, (batch, 1))
+    actions = jnp.tile(jnp.array(PRESS), (batch, 1))
     step = jax.vmap(env.step)
     start = time.perf_counter()
     compiled = jax.jit(step).lower(states, actions).compile()

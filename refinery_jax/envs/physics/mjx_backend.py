@@ -14,6 +14,15 @@ class MJXBackend:
     name = "mjx"
 
     def __init__(self, spec: PhysicsSpec):
+        import os  # noqa: PLC0415
+        import warnings  # noqa: PLC0415
+
+        from refinery_jax.xla_flags import CPU_FUSION_FLAG  # noqa: PLC0415
+
+        if jax.default_backend() == "cpu" and f"{CPU_FUSION_FLAG}=false" not in os.environ.get("XLA_FLAGS", ""):
+            warnings.warn(f"MJX on CPU without XLA_FLAGS={CPU_FUSION_FLAG}=false: its cost grows exponentially with "
+                          "the arm's depth (refinery_jax/xla_flags.py); choose the backend with "
+                          "envs.physics.resolve_backend('mjx') before any JAX computation", RuntimeWarning, stacklevel=3)
         self.spec = spec
         self.model = mjx.put_model(spec.mj_model, impl="jax")
         self._home = jnp.asarray(spec.home_qpos, jnp.float32)
