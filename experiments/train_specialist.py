@@ -47,6 +47,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
     parser.add_argument("--updates", type=int, default=None, help="override the preset's number of PPO updates "
                         "(a multiple of the chunk size)")
+    parser.add_argument("--memory", choices=("none", "lstm", "history"), default=None,
+                        help="override the preset's actor memory (quick: none; paper: lstm)")
+    parser.add_argument("--memory-size", type=int, default=None, help="LSTM width or history length with --memory")
     parser.add_argument("--eval-episodes", type=int, default=1000, help="fresh uniform inits evaluated per seed")
     parser.add_argument("--map-grid", type=int, default=5, help="success-map cells per axis (x and y)")
     parser.add_argument("--map-z", type=int, default=2, help="success-map z slices")
@@ -67,11 +70,19 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.spec = preset(args.preset, args.task, args.backend, args.embodiment)
     except ValueError as error:
         parser.error(str(error))
+    changes = {}
     if args.updates is not None:
         if args.updates % args.spec.chunk_updates:
             parser.error(f"--updates must be a multiple of the chunk size {args.spec.chunk_updates}")
-        args.spec = dataclasses.replace(args.spec, config=dataclasses.replace(args.spec.config,
-                                                                                num_updates=args.updates))
+        changes["num_updates"] = args.updates
+    if args.memory is not None:
+        changes.update(memory=args.memory, memory_layers=1)
+    if args.memory_size is not None:
+        changes["memory_size"] = args.memory_size
+    try:
+        args.spec = dataclasses.replace(args.spec, config=dataclasses.replace(args.spec.config, **changes))
+    except ValueError as error:
+        parser.error(str(error))
     return args
 
 

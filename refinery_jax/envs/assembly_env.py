@@ -40,7 +40,6 @@ from refinery_jax.envs import control
 from refinery_jax.envs.control import ControlConfig
 from refinery_jax.envs.kinematics import chain_from_model, fingertip_pose, solve_ik
 from refinery_jax.envs.physics import Physics, PhysicsSpec, make_backend, resolve_backend
-from refinery_jax.envs.physics.mjx_backend import max_penetration  # noqa: F401  (re-exported)
 from refinery_jax.envs.rotations import canonical, quat_mul, rotate, yaw_quat
 
 # Loose part j (0-based, insertion order) starts this much times (j + 1) below its assembled pose,
@@ -424,3 +423,10 @@ class AssemblyEnv:
             physics=d, obs=obs, critic_obs=critic_obs,
             reward=combine_reward(terms, self._weights), terms=terms, success=success,
             terminated=terminated, truncated=info.step >= c.episode_steps, info=info)
+
+
+def max_penetration(physics: Physics) -> jax.Array:
+    """Deepest contact penetration (m, >= 0) MJX computed in the last substep (MJX backend only)."""
+    from refinery_jax.envs.physics.mjx_backend import max_penetration as from_mjx  # noqa: PLC0415  (MJX on demand)
+
+    return from_mjx(physics)

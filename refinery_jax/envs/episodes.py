@@ -15,8 +15,7 @@ from typing import Any, Callable, NamedTuple, Optional
 import jax
 import jax.numpy as jnp
 
-from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, StageStart
-from refinery_jax.envs.physics.mjx_backend import max_penetration
+from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, StageStart, max_penetration
 
 
 class Actor(NamedTuple):

@@ -89,14 +89,14 @@ def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callab
         return jax.vmap(sampler)(jax.random.split(key, n))
 
     bo = make_finetune(config.finetune, trainer, evaluate)
-    uniform = make_finetune(dataclasses.replace(config.finetune, guided=False), trainer, evaluate)
+    control = make_finetune(dataclasses.replace(config.finetune, guided=False), trainer, evaluate)
     # the control's PPO rounds are the BO run's program with uniform resets (a traced share of 1):
     # sharing the function lets the control reuse the BO run's compiled program
-    uniform = uniform._replace(improve=bo.improve)
+    control = control._replace(improve=bo.improve)
     return Comparison(
         config=config,
         finetune_bo=bo,
-        finetune_uniform=uniform,
+        finetune_uniform=control,
         evaluate=jax.jit(jax.vmap(evaluate)),
         uniform_inits=lambda key, n: draw(uniform, key, n),
         deployment_inits=lambda key, model, n: draw(deployment_sampler(model, low, high, config.deployment), key, n),

@@ -160,10 +160,13 @@ def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, pres
         raise ValueError(f"{run_dir}'s specialists observe {sizes['policy']} (critic {sizes['critic']}) values; this "
                          f"version's observation has {POLICY_OBS_SIZE} ({CRITIC_OBS_SIZE}): retrain them")
     spec = ppo_preset(info["preset"], info["task"], info.get("backend", "mjx"), info.get("embodiment", "floating_hand"))
-    if "ppo" in info and info["ppo"].get("num_updates") not in (None, spec.config.num_updates):
+    # the scripts' overrides of the preset (--updates, --baseline-updates, --memory, --memory-size)
+    overrides = {k: info.get("ppo", {})[k] for k in ("num_updates", "memory", "memory_size", "memory_layers")
+                 if k in info.get("ppo", {})}
+    if overrides:
         import dataclasses  # noqa: PLC0415
 
-        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, num_updates=info["ppo"]["num_updates"]))
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
     trainer = make_trainer(spec.config, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
     hparams = default_hyperparams(spec.config, imitation_weight=spec.imitation_weight, **spec.hparams)
     keys = seed_keys(have)[0]
