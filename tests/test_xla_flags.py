@@ -68,13 +68,14 @@ def test_arm_reset_compiles_without_the_flag():
     deep chain of small products too: without a barrier per link, the arm's reset took minutes to
     compile and run; with them ~10 s. In a fresh process without the flag."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    code = ("import time, jax, jax.numpy as jnp\\n"
-            "from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig\\n"
-            "e = AssemblyEnv(EnvConfig(embodiment='franka', backend='c'))\\n"
-            "t = time.perf_counter()\\n"
-            "s = jax.jit(jax.vmap(e.reset))(jax.random.split(jax.random.key(0), 4), jnp.tile(e.init_high, (4, 1)))\\n"
+    code = ("import time, jax, jax.numpy as jnp\n"
+            "from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig\n"
+            "e = AssemblyEnv(EnvConfig(embodiment='franka', backend='c'))\n"
+            "t = time.perf_counter()\n"
+            "s = jax.jit(jax.vmap(e.reset))(jax.random.split(jax.random.key(0), 4), jnp.tile(e.init_high, (4, 1)))\n"
             "jax.block_until_ready(s); import os; print(time.perf_counter() - t, os.environ.get('XLA_FLAGS', ''))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
     seconds, *flags = out.stdout.strip().splitlines()[-1].split()
     assert not flags, flags  # the C backend did not set it
     assert float(seconds) < 90, f"the arm's reset took {float(seconds):.0f} s to compile and run without the flag"

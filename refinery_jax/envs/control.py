@@ -72,10 +72,9 @@ def impedance_torques(pos, quat, jac, mass, qpos, qvel, pos_target, quat_target,
     n = qpos.shape[-1]
     if n > 6:  # a redundant arm: posture control in the null space (for n = 6 the projector is zero)
         eye_n, eye_6 = xp.eye(n, dtype=pos.dtype), xp.eye(6, dtype=pos.dtype)
-        mass_inv = xp.linalg.inv(mass)
-        jac_minv = jac @ mass_inv
-        task_inertia = xp.linalg.inv(jac_minv @ jac_t + 1e-6 * eye_6)
-        projector = eye_n - jac_t @ (task_inertia @ jac_minv)
+        jac_minv = jac @ xp.linalg.inv(mass)
+        # Lambda J M^-1 = (J M^-1 J^T)^-1 J M^-1: one solve instead of a second inverse
+        projector = eye_n - jac_t @ xp.linalg.solve(jac_minv @ jac_t + 1e-6 * eye_6, jac_minv)
         kd_null = 2.0 * cfg.kp_null ** 0.5
         posture = (mass @ (cfg.kp_null * (home_qpos - qpos) - kd_null * qvel)[..., None])[..., 0]
         tau = tau + (projector @ posture[..., None])[..., 0]
