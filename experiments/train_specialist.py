@@ -49,7 +49,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(a multiple of the chunk size)")
     parser.add_argument("--memory", choices=("none", "lstm", "history"), default=None,
                         help="override the preset's actor memory (quick: none; paper: lstm)")
-    parser.add_argument("--memory-size", type=int, default=None, help="LSTM width or history length with --memory")
+    parser.add_argument("--memory-size", type=int, default=None, help="LSTM width (default 128) or observations in the history (default 4) with --memory")
     parser.add_argument("--eval-episodes", type=int, default=1000, help="fresh uniform inits evaluated per seed")
     parser.add_argument("--map-grid", type=int, default=5, help="success-map cells per axis (x and y)")
     parser.add_argument("--map-z", type=int, default=2, help="success-map z slices")
@@ -64,6 +64,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--updates must be positive")
     if min(args.seeds, args.eval_episodes, args.map_grid, args.map_z, args.map_trials) < 1:
         parser.error("--seeds, --eval-episodes, --map-grid, --map-z and --map-trials must be positive")
+    from refinery_jax.ppo.config import DEFAULT_MEMORY_SIZE
     from refinery_jax.ppo.presets import preset
 
     try:
@@ -75,8 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         if args.updates % args.spec.chunk_updates:
             parser.error(f"--updates must be a multiple of the chunk size {args.spec.chunk_updates}")
         changes["num_updates"] = args.updates
-    if args.memory is not None:
-        changes.update(memory=args.memory, memory_layers=1)
+    if args.memory is not None:  # one layer of the kind's usual size unless --memory-size says otherwise
+        changes.update(memory=args.memory, memory_layers=1, memory_size=DEFAULT_MEMORY_SIZE[args.memory])
     if args.memory_size is not None:
         changes["memory_size"] = args.memory_size
     try:

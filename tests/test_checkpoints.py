@@ -143,6 +143,17 @@ def test_script_rejects_bad_arguments(script_main, capsys, tmp_path, args, messa
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("args,memory,size", [
+    (("--memory", "history"), "history", 4),        # not the LSTM's width: 128 observations deep
+    (("--memory", "lstm"), "lstm", 128),
+    (("--memory", "history", "--memory-size", "8"), "history", 8),
+])
+def test_script_memory_sizes_follow_the_kind(script_main, tmp_path, args, memory, size):
+    parse_args = script_main.__globals__["parse_args"]
+    config = parse_args(["--out", str(tmp_path / "run"), *args]).spec.config
+    assert (config.memory, config.memory_size, config.memory_layers) == (memory, size, 1)
+
+
 def test_script_refuses_to_overwrite_runs(script_main, tmp_path):
     finished = tmp_path / "finished"
     finished.mkdir()

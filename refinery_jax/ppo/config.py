@@ -18,6 +18,8 @@ from refinery_jax.envs.assembly_env import EnvConfig
 from refinery_jax.imitation.reward import ImitationConfig
 
 IMITATION_TERM = "imitation"
+# the usual size of each kind of actor memory: LSTM width, observations in the history (none: unused)
+DEFAULT_MEMORY_SIZE = {"none": 128, "lstm": 128, "history": 4}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +56,7 @@ class PPOConfig:
     critic_hidden: tuple[int, ...] = (128, 128)
     activation: str = "elu"
     memory: str = "none"            # the actor's memory of the episode: "none", "lstm", "history" (networks.py)
-    memory_size: int = 128          # LSTM width, or observations in the history
+    memory_size: int = 128          # LSTM width, or observations in the history (DEFAULT_MEMORY_SIZE)
     memory_layers: int = 1          # LSTM layers
     asymmetric_critic: bool = True  # critic reads the privileged observation
     normalize_obs: bool = True
