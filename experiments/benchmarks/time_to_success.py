@@ -29,11 +29,17 @@ def read_run(run: pathlib.Path, threshold: float) -> dict:
     reached = next(((steps, wall) for steps, wall, success in curve if success >= threshold), None)
     return {"run": str(run), "task": config["task"], "preset": config["preset"],
             "embodiment": config.get("embodiment", "floating_hand"), "backend": config.get("backend"),
+            "memory": config.get("ppo", {}).get("memory", "none"), "memory_size": config.get("ppo", {}).get("memory_size"),
             "seeds": config["seeds"], "threshold": threshold,
             "wall_s_to_threshold": None if reached is None else reached[1],
             "env_steps_to_threshold": None if reached is None else reached[0],
             "final_train_success": curve[-1][2], "train_wall_s": curve[-1][1], "env_steps": curve[-1][0],
             "fresh_trial_success": results.get("success_rate"), "curve": curve}
+
+
+def _label(row: dict) -> str:
+    memory = "" if row["memory"] == "none" else f" / {row['memory']} {row['memory_size']}"
+    return f"{row['preset']} / {row['embodiment']}{memory} / {row['seeds']} seed(s)"
 
 
 def main():
@@ -45,7 +51,7 @@ def main():
     args = parser.parse_args()
     rows = [read_run(run, args.threshold) for run in args.runs]
     for row in rows:
-        print(f"{row['run']}: {row['preset']} / {row['embodiment']} / {row['task']}: training success "
+        print(f"{row['run']}: {_label(row)} / {row['task']}: training success "
               f"{row['final_train_success']:.3f} after {row['env_steps']:,} env steps, {row['train_wall_s']:.0f} s; "
               f">= {args.threshold} at {row['wall_s_to_threshold']} s; fresh trials {row['fresh_trial_success']}")
     if args.figure is not None:
@@ -57,7 +63,7 @@ def main():
         fig, ax = plt.subplots(figsize=(6.5, 4))
         for row in rows:
             _, wall, success = zip(*row["curve"])
-            ax.plot([w / 60 for w in wall], success, label=f"{row['preset']} / {row['embodiment']}")
+            ax.plot([w / 60 for w in wall], success, label=_label(row))
         ax.axhline(args.threshold, color="grey", lw=0.8, ls="--")
         ax.set(xlabel="wall time (min, compiles included)", ylabel="training success", ylim=(0, 1),
                title=f"{rows[0]['task']}: training success vs wall time")
