@@ -39,7 +39,7 @@ def read_run(run: pathlib.Path, threshold: float) -> dict:
 
 def _label(row: dict) -> str:
     memory = "" if row["memory"] == "none" else f" / {row['memory']} {row['memory_size']}"
-    return f"{row['preset']} / {row['embodiment']}{memory} / {row['seeds']} seed(s)"
+    return f"{row['preset']} / {row['embodiment']}{memory} / {len(row['seeds'])} seed(s)"
 
 
 def main():
