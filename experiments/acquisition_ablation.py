@@ -172,8 +172,7 @@ def main(argv=None) -> None:
     for name, state in arms.items():
         table[name]["finetune_env_steps_per_seed"] = np.asarray(state.history.env_steps[:, rounds - 1]).tolist()
         table[name]["round_success_per_seed"] = np.asarray(state.history.success_rate).tolist()
-    progress("fresh uniform trials per arm: %d\n%s" % (args.eval_trials, format_table(
-        {k: {**v, "cell_variance": float("nan")} for k, v in table.items()})))
+    progress("fresh uniform trials per arm: %d\n%s" % (args.eval_trials, format_table(table)))
     (out / "figures").mkdir(exist_ok=True)
     figure = plot_table(table, out / "figures" / "acquisitions.png",
                         title=f"{args.task}: fine-tuning {rounds} rounds per arm, {len(seeds)} seed(s)")

@@ -388,3 +388,13 @@ def test_ablation_script_end_to_end(tmp_path):
     steps = {name: arm["finetune_env_steps_per_seed"] for name, arm in results["arms"].items() if name != "baseline"}
     assert len({tuple(s) for s in steps.values()}) == 1, steps
     assert pathlib.Path(results["figure"]).exists()
+
+
+def test_table_without_cell_variance_prints_a_dash_not_nan():
+    """The ablation's arms are measured on uniform trials only: no cell variance to print."""
+    from refinery_jax.refinery.comparison import format_table
+
+    row = dict(success_mean=0.5, success_std=0.1, ci95_low=0.4, ci95_high=0.6, per_seed=[0.5, 0.5])
+    lines = format_table({"ucb": row, "baseline": {**row, "cell_variance": 0.0012}}).splitlines()
+    assert lines[1].split()[5] == "-" and "nan" not in "\n".join(lines)
+    assert lines[2].split()[5] == "0.0012"

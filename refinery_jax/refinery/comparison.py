@@ -252,7 +252,9 @@ def comparison_table(result: ComparisonResult, low, high, cells: int = 3) -> dic
 def format_table(table: dict) -> str:
     lines = [f"{'method':<18} {'success':>8} {'± std':>7} {'95% CI':>17} {'cell var':>9}  per seed"]
     for method, row in table.items():
+        # rows measured on fresh uniform trials only (the ablation's arms) have no cell variance
+        cell = f"{row['cell_variance']:9.4f}" if "cell_variance" in row else f"{'-':>9}"
         lines.append(f"{method:<18} {row['success_mean']:8.3f} {row['success_std']:7.3f} "
-                     f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}] {row['cell_variance']:9.4f}  "
+                     f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}] {cell}  "
                      f"{np.round(row['per_seed'], 3).tolist()}")
     return "\n".join(lines)
