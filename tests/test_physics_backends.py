@@ -147,3 +147,12 @@ def test_bad_backend_names_fail_before_compiling():
         AssemblyEnv(EnvConfig(backend="gpu"))
     assert resolve_backend("auto") == ("c" if jax.default_backend() == "cpu" else "mjx")
     assert isinstance(AssemblyEnv(EnvConfig()).physics, CBackend) == (jax.default_backend() == "cpu")
+
+
+def test_c_backend_refused_where_jax_runs_on_an_accelerator(monkeypatch):
+    """On a GPU/TPU the C backend would copy every step through the host: a clear error, and
+    'auto' picks MJX there."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    with pytest.raises(ValueError, match="steps on the host CPU"):
+        resolve_backend("c")
+    assert resolve_backend("auto") == "mjx"
