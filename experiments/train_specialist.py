@@ -49,7 +49,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "(a multiple of the chunk size)")
     parser.add_argument("--memory", choices=("none", "lstm", "history"), default=None,
                         help="override the preset's actor memory (quick: none; paper: lstm)")
-    parser.add_argument("--memory-size", type=int, default=None, help="LSTM width (default 128) or observations in the history (default 4) with --memory")
+    parser.add_argument("--memory-size", type=int, default=None,
+                        help="LSTM width (default 128) or observations in the history (default 4) with --memory")
     parser.add_argument("--eval-episodes", type=int, default=1000, help="fresh uniform inits evaluated per seed")
     parser.add_argument("--map-grid", type=int, default=5, help="success-map cells per axis (x and y)")
     parser.add_argument("--map-z", type=int, default=2, help="success-map z slices")
@@ -77,7 +78,7 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--updates must be a multiple of the chunk size {args.spec.chunk_updates}")
         changes["num_updates"] = args.updates
     if args.memory is not None:  # one layer of the kind's usual size unless --memory-size says otherwise
-        changes.update(memory=args.memory, memory_layers=1, memory_size=DEFAULT_MEMORY_SIZE[args.memory])
+        changes.update(memory=args.memory, memory_layers=1, memory_size=DEFAULT_MEMORY_SIZE.get(args.memory, args.spec.config.memory_size))
     if args.memory_size is not None:
         changes["memory_size"] = args.memory_size
     try:

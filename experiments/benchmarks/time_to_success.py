@@ -25,11 +25,12 @@ def read_run(run: pathlib.Path, threshold: float) -> dict:
     if not curve:
         raise SystemExit(f"error: {run} has no training curve (metrics.jsonl of experiments/train_specialist.py)")
     config = json.loads((run / "config.json").read_text())
+    ppo = config.get("ppo", {})  # runs of other scripts may not record it
     results = json.loads((run / "results.json").read_text()) if (run / "results.json").exists() else {}
     reached = next(((steps, wall) for steps, wall, success in curve if success >= threshold), None)
     return {"run": str(run), "task": config["task"], "preset": config["preset"],
             "embodiment": config.get("embodiment", "floating_hand"), "backend": config.get("backend"),
-            "memory": config.get("ppo", {}).get("memory", "none"), "memory_size": config.get("ppo", {}).get("memory_size"),
+            "memory": ppo.get("memory", "none"), "memory_size": ppo.get("memory_size"),
             "seeds": config["seeds"], "threshold": threshold,
             "wall_s_to_threshold": None if reached is None else reached[1],
             "env_steps_to_threshold": None if reached is None else reached[0],

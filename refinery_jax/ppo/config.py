@@ -18,8 +18,8 @@ from refinery_jax.envs.assembly_env import EnvConfig
 from refinery_jax.imitation.reward import ImitationConfig
 
 IMITATION_TERM = "imitation"
-# the usual size of each kind of actor memory: LSTM width, observations in the history (none: unused)
-DEFAULT_MEMORY_SIZE = {"none": 128, "lstm": 128, "history": 4}
+# the usual size of each kind of actor memory: LSTM width, observations in the history
+DEFAULT_MEMORY_SIZE = {"lstm": 128, "history": 4}
 
 
 @dataclasses.dataclass(frozen=True)
