@@ -6,8 +6,9 @@ The same specialists (seeds 0..S-1, trained here or taken from a finished run of
 `experiments/train_specialist.py` or `experiments/refinery.py` with --baselines DIR) are fine-tuned with each
 acquisition for the same fixed number of rounds (the convergence rule is off so every
 arm gets the same PPO updates and env steps), plus the uniform-reset control; each
-policy is then evaluated on fresh uniform trials. Writes results.json (per arm: mean,
-std, 95 % CI, per seed), figures/acquisitions.png (like the paper's Fig. 3), stages/
+policy is then evaluated on the same fresh uniform trials (θ and episode keys), and each
+arm's paired difference to the uniform control is reported with its 95 % CI and McNemar
+p-value. Writes results.json (per arm: mean, std, 95 % CI, per seed, `vs_uniform`), figures/acquisitions.png (like the paper's Fig. 3), stages/
 (finished arms; --resume skips them), log.txt, tensorboard/ and metrics.jsonl.
 """
 
@@ -105,6 +106,7 @@ def main(argv=None) -> None:
     from refinery_jax.evaluation import make_evaluate
     from refinery_jax.refinery import format_table, make_finetune, run_rounds, summarize_seeds
     from refinery_jax.refinery.plots import plot_table
+    from refinery_jax.refinery.stats import paired_difference
     from refinery_jax.refinery.specialists import (
         SPECIALISTS_DIR,
         build_trainer,
@@ -167,12 +169,15 @@ def main(argv=None) -> None:
                               lambda s=state: fresh_success(s.train, k_fresh))
 
     table = {name: summarize_seeds(np.asarray(s)) for name, s in success.items()}
+    for name in arms:  # paired on the same fresh trials: each arm against the uniform-reset control
+        if name != "uniform":
+            table[name]["vs_uniform"] = paired_difference(np.asarray(success[name]), np.asarray(success["uniform"]))
     logger.log(0, {f"eval/{name}": row["success_mean"] for name, row in table.items()})
     logger.close()
     for name, state in arms.items():
         table[name]["finetune_env_steps_per_seed"] = np.asarray(state.history.env_steps[:, rounds - 1]).tolist()
         table[name]["round_success_per_seed"] = np.asarray(state.history.success_rate).tolist()
-    progress("fresh uniform trials per arm: %d\n%s" % (args.eval_trials, format_table(table)))
+    progress("fresh uniform trials per arm: %d\n%s" % (args.eval_trials, format_table(table, reference="uniform")))
     (out / "figures").mkdir(exist_ok=True)
     figure = plot_table(table, out / "figures" / "acquisitions.png",
                         title=f"{args.task}: fine-tuning {rounds} rounds per arm, {len(seeds)} seed(s)")

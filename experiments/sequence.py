@@ -101,9 +101,9 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, progress, lo
     from refinery_jax.refinery import format_table
     from refinery_jax.refinery.experiment import refine_task
     from refinery_jax.refinery.plots import plot_sequence
-    from refinery_jax.refinery.sequence import (ChainStage, chain_batch_size, chained_summary, format_chain_diagnostics,
-                                                format_sequence_table, make_chain_evaluator, paper_sequence_table,
-                                                ppo_act, run_chained)
+    from refinery_jax.refinery.sequence import (ChainStage, add_sequence_differences, chain_batch_size, chained_summary,
+                                                format_chain_diagnostics, format_sequence_table, make_chain_evaluator,
+                                                paper_sequence_table, ppo_act, run_chained)
     from refinery_jax.refinery.specialists import seed_keys
 
     tasks, configs = stage_names(name), args.configs[name]
@@ -139,6 +139,7 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, progress, lo
                                             comparison_config.gmm, stage_cache(out / "chain", run_id, resume, progress),
                                             progress)
     chained = {m: chained_summary(r.stage_success, r.sequence_success, r.displacement) for m, r in chained_raw.items()}
+    add_sequence_differences(chained, {m: np.asarray(r.sequence_success, bool) for m, r in chained_raw.items()})
     table = format_sequence_table(paper, chained) + "\n\n" + format_chain_diagnostics(chained)
     progress(f"{name}: stage and sequence success (fresh trials per row: {comparison_config.eval_trials})\n{table}")
     (out / "table.txt").write_text(table + "\n")

@@ -32,6 +32,7 @@ from refinery_jax.refinery import (
     cell_variance,
     comparison_table,
     deployment_sampler,
+    format_table,
     has_converged,
     key_streams,
     make_comparison,
@@ -42,6 +43,7 @@ from refinery_jax.refinery import (
     wilson_interval,
 )
 from refinery_jax.refinery.results_io import load_run, pack_arrays, save_run
+from refinery_jax.refinery.stats import mcnemar_exact_p, paired_difference
 from refinery_jax.success_models import ProposalConfig, fit_success_gmm
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -81,6 +83,36 @@ def test_t_quantiles_and_intervals_match_scipy():
     assert (row["ci95_low"], row["ci95_high"]) == pytest.approx((ref_low, ref_high), abs=1e-3)
     one = summarize_seeds(success[:1])
     assert one["ci_method"].startswith("wilson") and one["success_std"] == 0.0
+
+
+def test_paired_difference_against_scipy_and_by_hand():
+    rng = np.random.default_rng(3)
+    base = rng.random((3, 400)) < 0.7
+    row = base.copy()
+    flip = rng.random(base.shape) < 0.1
+    row[flip] = ~row[flip]  # discordant pairs both ways
+    got = paired_difference(row, base)
+    b, c = int(np.sum(row & ~base)), int(np.sum(~row & base))
+    assert (got["row_only"], got["reference_only"]) == (b, c) and b > 0 and c > 0
+    assert got["mcnemar_p"] == pytest.approx(scipy.stats.binomtest(b, b + c, 0.5).pvalue, rel=1e-9)
+    diffs = row.mean(1) - base.mean(1)
+    low, high = scipy.stats.t.interval(0.95, 2, loc=diffs.mean(), scale=scipy.stats.sem(diffs))
+    assert got["difference"] == pytest.approx(diffs.mean())
+    assert (got["ci95_low"], got["ci95_high"]) == (pytest.approx(low, abs=2e-4), pytest.approx(high, abs=2e-4))
+    # one seed, by hand: n = 100 pairs, 12 row-only, 4 reference-only; +1/2 per cell -> n' = 102
+    one = np.zeros((1, 100), bool), np.zeros((1, 100), bool)
+    one[0][0, :12] = True
+    one[1][0, 12:16] = True
+    got = paired_difference(*one)
+    diff, var = (12.5 - 4.5) / 102, ((12.5 + 4.5) - (12.5 - 4.5) ** 2 / 102) / 102 ** 2
+    assert got["difference"] == pytest.approx(0.08)
+    assert got["ci95_low"] == pytest.approx(diff - 1.96 * var ** 0.5) and got["ci95_high"] == pytest.approx(diff + 1.96 * var ** 0.5)
+    # identical outcomes: no difference, p = 1, and still an interval of non-zero width for one seed
+    same = paired_difference(base[:1], base[:1])
+    assert same["difference"] == 0 and same["mcnemar_p"] == 1.0 and same["ci95_low"] < 0 < same["ci95_high"]
+    assert mcnemar_exact_p(0, 7) == pytest.approx(2 / 2 ** 7)
+    with pytest.raises(ValueError, match="one shape"):
+        paired_difference(base, base[:, :10])
 
 
 def test_cell_variance_by_hand():
@@ -215,6 +247,23 @@ def test_fresh_trials_are_disjoint_from_fitting_data(tiny):
     streams = jax.vmap(lambda k: jnp.stack([jax.random.key_data(v) for v in key_streams(k).values()]))(tiny["keys"])
     flat = np.asarray(streams).reshape(-1, streams.shape[-1])
     assert len(np.unique(flat, axis=0)) == 2 * len(KEY_STREAMS)
+
+
+def test_rows_share_their_fresh_trials(tiny):
+    """Common random numbers: the uniform-θ rows are evaluated on the same θ, the GMM rows draw
+    theirs with one key, and each row's paired difference to Baseline is in the table."""
+    fresh = tiny["result"].fresh
+    for method in ("finetune", "uniform_finetune"):
+        np.testing.assert_array_equal(np.asarray(fresh[method].inits), np.asarray(fresh["baseline"].inits))
+    assert not np.array_equal(np.asarray(fresh["deployment"].inits), np.asarray(fresh["baseline"].inits))
+    table = tiny["table"]
+    assert "vs_baseline" not in table["baseline"]
+    for method in METHODS[1:]:
+        d = table[method]["vs_baseline"]
+        expected = np.asarray(fresh[method].success).mean(1) - np.asarray(fresh["baseline"].success).mean(1)
+        np.testing.assert_allclose(d["per_seed"], expected)
+        assert d["ci95_low"] <= d["difference"] <= d["ci95_high"]
+    assert "Δ vs baseline" in format_table(table).splitlines()[0]
 
 
 def test_finetune_history_and_control_budget(tiny):

@@ -31,6 +31,7 @@ from refinery_jax.refinery.sequence import (
     chain_batch_size,
     chain_start,
     chain_inits,
+    add_sequence_differences,
     chained_summary,
     fit_joint_model,
     format_chain_diagnostics,
@@ -265,11 +266,18 @@ def test_sequence_table_text_and_figure(tmp_path):
     s = rng.random((2, 3, 50)) < 0.8
     paper = {m: summarize_sequence(s) for m in ("baseline", "refinery")}
     chained = {m: chained_summary(s, s.all(axis=1), np.zeros(s.shape)) for m in ("baseline", "refinery", "refinery_joint")}
+    worse = s.all(axis=1).copy()
+    worse[:, :10] = False  # refinery_joint loses 10 chains per seed that baseline won (paired)
+    add_sequence_differences(chained, {"baseline": s.all(axis=1), "refinery": s.all(axis=1), "refinery_joint": worse})
     text = format_sequence_table(paper, chained).splitlines()
-    assert text[0].split() == ["method", "stage", "1", "stage", "2", "stage", "3", "seq", "paper", "seq", "chain"]
+    assert text[0].split()[:11] == ["method", "stage", "1", "stage", "2", "stage", "3", "seq", "paper", "seq", "chain"]
     assert [line.split()[0] for line in text[1:]] == ["baseline", "refinery", "refinery_joint"]
-    assert text[3].split()[-2] == "-"  # the joint selection has no paper-mode row
-    assert float(text[1].split()[-2]) == pytest.approx(paper["baseline"]["sequence"]["success_mean"], abs=5e-4)
+    assert text[1].split()[-1] == "-"  # baseline: no difference to itself
+    assert text[2].split()[-3:] == ["+0.000", "[+0.000,", "+0.000]"]
+    lost = s.all(axis=1)[:, :10].mean(axis=1) * 10 / 50  # per seed: the wins turned into losses
+    assert float(text[3].split()[-3]) == pytest.approx(-lost.mean(), abs=5e-4)
+    assert text[3].split()[-5] == "-"  # the joint selection has no paper-mode row
+    assert float(text[1].split()[-3]) == pytest.approx(paper["baseline"]["sequence"]["success_mean"], abs=5e-4)
     limits = format_chain_diagnostics({"baseline": chained_summary(*by_hand_chains())}).splitlines()
     assert limits[1].split()[0] == "method" and limits[2].split()[0] == "baseline"
     # by hand: stage 1 all reached, 3 of 4 succeed, nothing moved; stage 3 reached by 2 of 4, 1 succeeds

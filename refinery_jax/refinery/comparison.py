@@ -8,9 +8,13 @@ From trained specialists (one per seed, stacked on a leading axis):
     Refinery          fine-tuned policy, θ from its success GMM
     Uniform fine-tune the same fine-tuning rounds and env steps with uniform resets, uniform θ
 
-Every row is measured on `eval_trials` fresh episodes whose θ (and nuisance keys)
-come from key streams used for nothing else: not to fit a GMM, not to fit a GP,
-not to choose a checkpoint. Seeds run as one `vmap` per stage.
+Every row is measured on `eval_trials` fresh episodes from one key stream used for
+nothing else (not to fit a GMM, not to fit a GP, not to choose a checkpoint), with
+common random numbers: trial i of every row has the same episode key (socket pose,
+goal and observation noise, action-frame error), the rows with uniform θ (Baseline,
+Fine-tune, Uniform fine-tune) the same θ, and the rows with GMM θ (Deployment,
+Refinery) the same sampling key. The table gives each row's rate and its paired
+difference to Baseline (`stats.paired_difference`). Seeds run as one `vmap` per stage.
 """
 
 from __future__ import annotations
@@ -27,11 +31,11 @@ from refinery_jax.envs.samplers import uniform_box
 from refinery_jax.ppo.train import Trainer, TrainState
 from refinery_jax.refinery.deployment import concentration, deployment_sampler, fit_success_model
 from refinery_jax.refinery.finetune import FineTune, FineTuneConfig, FineTuneState, make_finetune
-from refinery_jax.refinery.stats import cell_variance, summarize_seeds
+from refinery_jax.refinery.stats import cell_variance, paired_difference, summarize_seeds
 from refinery_jax.success_models import DeploymentConfig, GMMConfig
 
 METHODS = ("baseline", "deployment", "finetune", "refinery", "uniform_finetune")
-KEY_STREAMS = ("finetune", "control", "gmm_baseline", "gmm_finetuned") + tuple(f"fresh_{m}" for m in METHODS)
+KEY_STREAMS = ("finetune", "control", "gmm_baseline", "gmm_finetuned", "fresh")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,14 +173,17 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
     deployment_inits = batched(c.deployment_inits, (0, 0, None), 2)
     fit_model = batched(c.fit_model)
 
+    # common random numbers: every row's trial i shares its episode key, and its θ (uniform
+    # rows) or its θ-sampling key (GMM rows); see the module docstring
+    fresh_keys = split(streams["fresh"])
+    k_uniform, k_gmm_draw, k_episodes = fresh_keys[:, 0], fresh_keys[:, 1], fresh_keys[:, 2]
+
     def fresh(name, train_state, model=None):
-        """A reported row: fresh θ (uniform, or from the deployment GMM) and fresh episodes."""
+        """A reported row: the shared fresh θ (uniform, or drawn from this row's GMM) and episodes."""
         def compute():
-            ks = split(streams[f"fresh_{name}"])
-            k_inits, k_eval = ks[:, 0], ks[:, 1]
-            inits = (uniform_inits(k_inits, cfg.eval_trials) if model is None
-                     else deployment_inits(k_inits, model, cfg.eval_trials))
-            result = c.evaluate(policies(train_state), inits, k_eval)
+            inits = (uniform_inits(k_uniform, cfg.eval_trials) if model is None
+                     else deployment_inits(k_gmm_draw, model, cfg.eval_trials))
+            result = c.evaluate(policies(train_state), inits, k_episodes)
             return FreshEval(inits=inits, success=result.success, returns=result.returns)
 
         progress(f"[{name}] {cfg.eval_trials} fresh trials per seed")
@@ -222,11 +229,15 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
 
 
 def comparison_table(result: ComparisonResult, low, high, cells: int = 3) -> dict:
-    """Per method: mean, std across seeds, 95 % CI, per-seed rates, spread of success over θ cells."""
+    """Per method: mean, std across seeds, 95 % CI, per-seed rates, the paired difference to
+    Baseline (`vs_baseline`), spread of success over θ cells."""
     table = {}
+    reference = np.asarray(jax.device_get(result.fresh["baseline"].success))
     for method in METHODS:
         ev = jax.device_get(result.fresh[method])
         row = summarize_seeds(np.asarray(ev.success))
+        if method != "baseline":
+            row["vs_baseline"] = paired_difference(np.asarray(ev.success), reference)
         cell_stats = [cell_variance(i, s, low, high, cells) for i, s in zip(ev.inits, ev.success)]
         row["cell_variance_per_seed"] = [cs["variance"] for cs in cell_stats]
         row["cell_variance_denoised_per_seed"] = [cs["variance_denoised"] for cs in cell_stats]
@@ -249,12 +260,21 @@ def comparison_table(result: ComparisonResult, low, high, cells: int = 3) -> dic
     return table
 
 
-def format_table(table: dict) -> str:
-    lines = [f"{'method':<18} {'success':>8} {'± std':>7} {'95% CI':>17} {'cell var':>9}  per seed"]
+def format_table(table: dict, reference: str = "baseline") -> str:
+    """Rows of rates, then each row's paired difference to `reference` (its `vs_<reference>`
+    entry; '-' for rows without one) with its 95 % CI and McNemar p-value."""
+    key = f"vs_{reference}"
+    lines = [f"{'method':<18} {'success':>8} {'± std':>7} {'95% CI':>17} {'cell var':>9} "
+             f"{'Δ vs ' + reference:>17} {'95% CI of Δ':>17} {'McNemar p':>9}  per seed"]
     for method, row in table.items():
         # rows measured on fresh uniform trials only (the ablation's arms) have no cell variance
         cell = f"{row['cell_variance']:9.4f}" if "cell_variance" in row else f"{'-':>9}"
+        if key in row:
+            d = row[key]
+            paired = f"{d['difference']:+17.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}] {d['mcnemar_p']:9.3g}"
+        else:
+            paired = f"{'-':>17} {'-':>17} {'-':>9}"
         lines.append(f"{method:<18} {row['success_mean']:8.3f} {row['success_std']:7.3f} "
-                     f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}] {cell}  "
+                     f"[{row['ci95_low']:.3f}, {row['ci95_high']:.3f}] {cell} {paired}  "
                      f"{np.round(row['per_seed'], 3).tolist()}")
     return "\n".join(lines)

@@ -33,7 +33,7 @@ from refinery_jax.envs.rotations import rotate
 from refinery_jax.envs.samplers import uniform_box
 from refinery_jax.ppo.networks import ActorCritic, policy_actor
 from refinery_jax.refinery.deployment import DeploymentModel, deployment_sampler, fit_success_model
-from refinery_jax.refinery.stats import summarize_seeds
+from refinery_jax.refinery.stats import paired_difference, summarize_seeds
 from refinery_jax.success_models import DeploymentConfig, GMMConfig
 
 # ------------------------------------------------------------------ paper mode (pure numpy)
@@ -76,10 +76,22 @@ def paper_sequence_table(stage_results: Sequence, methods: Sequence[str] = SEQUE
     Trial j of every stage is paired into sequence trial j; the stages' fresh trials are
     independent draws, so this is the paper's product of independent stage outcomes.
     """
-    table = {}
+    table, sequences = {}, {}
     for method in methods:
         success = np.stack([np.asarray(jax.device_get(r.fresh[method].success), bool) for r in stage_results], axis=1)
         table[method] = summarize_sequence(success)
+        sequences[method] = success.all(axis=1)
+    add_sequence_differences(table, sequences)
+    return table
+
+
+def add_sequence_differences(table: dict, sequence_success: dict, reference: str = "baseline") -> dict:
+    """Each method's paired difference of sequence success to `reference` ([S, N] outcomes on
+    the same trials), as `table[method]["sequence_vs_baseline"]`."""
+    if reference in sequence_success:
+        for method, success in sequence_success.items():
+            if method != reference:
+                table[method][f"sequence_vs_{reference}"] = paired_difference(success, sequence_success[reference])
     return table
 
 
@@ -285,16 +297,19 @@ def chained_summary(stage_success, sequence_success, displacement) -> dict:
 
 def format_sequence_table(paper: dict, chained: dict) -> str:
     """Table I of the paper, extended: per method, stage success (paper mode: each stage from its
-    own starts) and sequence success in both modes."""
+    own starts), sequence success in both modes, and the chained sequence's paired difference
+    to Baseline with its 95 % CI."""
     methods = list(dict.fromkeys(list(paper) + list(chained)))
     stages = len((paper or chained)[methods[0]]["stages"])
     head = f"{'method':<16}" + "".join(f"{'stage ' + str(k + 1):>9}" for k in range(stages))
-    lines = [head + f"{'seq paper':>11}{'seq chain':>11}"]
+    lines = [head + f"{'seq paper':>11}{'seq chain':>11}{'Δ chain vs baseline [95% CI]':>31}"]
     for m in methods:  # stage columns are paper mode (own starts); a chained-only row has none
         cells = ("".join(f"{s['success_mean']:9.3f}" for s in paper[m]["stages"]) if m in paper
                  else f"{'-':>9}" * stages)
         seq = lambda t: f"{t[m]['sequence']['success_mean']:11.3f}" if m in t else f"{'-':>11}"  # noqa: E731
-        lines.append(f"{m:<16}{cells}{seq(paper)}{seq(chained)}")
+        d = chained.get(m, {}).get("sequence_vs_baseline")
+        delta = f"{d['difference']:+8.3f} [{d['ci95_low']:+.3f}, {d['ci95_high']:+.3f}]" if d else "-"
+        lines.append(f"{m:<16}{cells}{seq(paper)}{seq(chained)}{delta:>31}")
     return "\n".join(lines)
 
 
@@ -318,7 +333,7 @@ def format_chain_diagnostics(chained: dict) -> str:
 # ------------------------------------------------------------------ chained rows of the sequence experiment
 
 CHAINED_METHODS = SEQUENCE_METHODS + ("refinery_joint",)
-CHAIN_STREAMS = tuple(f"fresh_{m}" for m in CHAINED_METHODS) + ("fit_joint",)
+CHAIN_STREAMS = ("fresh", "fit_joint")  # every chained row shares the fresh stream (common random numbers)
 
 
 def _seed(tree, s: int):
@@ -365,12 +380,13 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
         return lambda: ChainResult(jnp.zeros((seeds, stages, n), bool), jnp.zeros((seeds, n), bool),
                                    jnp.zeros((seeds, stages, n), jnp.float32), jnp.zeros((seeds, stages, n, 3)))
 
-    def rows(name, policy_set, draw, n):
-        """Chained trials per seed: draw(key, s) -> θ [K, n, 3]."""
+    def rows(name, policy_set, draw, n, stream="fresh"):
+        """Chained trials per seed: draw(key, s) -> θ [K, n, 3]. Rows of one stream share their
+        episode keys and θ-sampling keys (the same θ where the sampler is the same)."""
         def compute():
             out = []
             for s in range(seeds):
-                k_inits, k_eval = jax.random.split(streams[s][name])
+                k_inits, k_eval = jax.random.split(streams[s][stream])
                 out.append(evaluate([_seed(p, s) for p in policies[policy_set]], k_eval, draw(k_inits, s)))
             return _stacked(out)
 
@@ -384,7 +400,7 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
            "refinery": rows("fresh_refinery", "finetuned", independent("finetuned"), trials)}
 
     fit_draw = lambda key, s: chain_inits(key, samplers("finetuned", s), fit_trials)  # noqa: E731
-    fit = rows("fit_joint", "finetuned", fit_draw, fit_trials)
+    fit = rows("fit_joint", "finetuned", fit_draw, fit_trials, stream="fit_joint")
     # rows() split each stream in two (θ, episodes); fold_in(., 2) is neither half
     models = [fit_joint_model(jax.random.fold_in(streams[s]["fit_joint"], 2), fit.inits[s], fit.sequence_success[s], gmm)
               for s in range(seeds)]

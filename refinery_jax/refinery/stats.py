@@ -73,3 +73,44 @@ def cell_variance(inits: np.ndarray, success: np.ndarray, low, high, cells: int 
     var = float(rates.var())
     return {"variance": var, "variance_denoised": max(0.0, var - noise), "cells_used": int(used.sum()),
             "cells": cells * cells, "min_cell": float(rates.min()), "max_cell": float(rates.max())}
+
+
+def mcnemar_exact_p(b: int, c: int) -> float:
+    """Two-sided exact McNemar test: p-value of b vs c discordant pairs under H0 (each
+    discordant pair goes either way with probability 1/2), i.e. a binomial test."""
+    if min(b, c) < 0:
+        raise ValueError(f"discordant counts must be non-negative, got {(b, c)}")
+    n = b + c
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, k) for k in range(min(b, c) + 1))
+    return min(1.0, 2 * tail / 2**n)  # exact integers until this one division
+
+
+def paired_difference(success: np.ndarray, reference: np.ndarray) -> dict:
+    """Paired difference of success rates, row minus reference, from outcomes [S, N] (bool)
+    measured on the same trials (same θ or the same draw keys, same nuisance keys).
+
+    The interval: with S >= 2 seeds, Student's t over the seeds' paired differences (as
+    `summarize_seeds`); with one seed, the Wald interval of a paired difference of
+    proportions with Agresti and Min's (2005) +1/2 in every cell of the 2x2 table, which
+    stays informative when no pair is discordant. `mcnemar_p` is the exact McNemar test on
+    the discordant pairs pooled over seeds; `row_only` / `reference_only` count them.
+    """
+    success, reference = np.asarray(success, bool), np.asarray(reference, bool)
+    if success.shape != reference.shape or success.ndim != 2 or success.shape[1] == 0:
+        raise ValueError(f"need two [seeds, trials] arrays of one shape, got {success.shape} and {reference.shape}")
+    seeds, n = success.shape
+    per_seed = success.mean(axis=1) - reference.mean(axis=1)
+    b, c = int(np.sum(success & ~reference)), int(np.sum(~success & reference))
+    mean = float(per_seed.mean())
+    if seeds >= 2:
+        half = t_quantile_975(seeds - 1) * float(per_seed.std(ddof=1)) / math.sqrt(seeds)
+        low, high, method = mean - half, mean + half, f"student_t_over_{seeds}_seeds"
+    else:
+        b_, c_, n_ = b + 0.5, c + 0.5, n + 2.0
+        diff = (b_ - c_) / n_
+        half = 1.96 * math.sqrt(max((b_ + c_) - (b_ - c_) ** 2 / n_, 0.0)) / n_
+        low, high, method = diff - half, diff + half, f"agresti_min_wald_over_{n}_pairs"
+    return {"difference": mean, "ci95_low": max(-1.0, low), "ci95_high": min(1.0, high), "ci_method": method,
+            "per_seed": per_seed.tolist(), "row_only": b, "reference_only": c, "mcnemar_p": mcnemar_exact_p(b, c)}
