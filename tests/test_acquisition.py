@@ -246,3 +246,30 @@ def test_bad_configs_raise():
         ProposalConfig(target="max")
     with pytest.raises(ValueError, match="q <= num_candidates"):
         ProposalConfig(q=10, num_candidates=5)
+
+
+def test_ei_and_log_ei_agree_on_a_pool_and_differ_where_ei_is_flat(gp_state):
+    """`ei` is EI itself; `log_ei` its stable log. On a fixed pool where EI is representable they
+    rank alike; where EI underflows to 0 (a large margin ξ makes every candidate hopeless) EI's
+    gradient is exactly 0, so its proposals stay where the pool put them, while log-EI still
+    climbs and proposes better candidates by log-EI's own measure."""
+    rng = np.random.default_rng(5)
+    pool = rng.uniform(BOX_LOW, BOX_HIGH, (256, 3)).astype(np.float32)
+    ei = np.asarray(acquisition_values(gp_state, pool, ProposalConfig(kind="ei")), np.float64)
+    log_ei = np.asarray(acquisition_values(gp_state, pool, ProposalConfig(kind="log_ei")), np.float64)
+    assert ei.max() > 1e-3 and int(np.argmax(ei)) == int(np.argmax(log_ei))
+    shown = ei > 1e-30
+    np.testing.assert_allclose(np.log(ei[shown]), log_ei[shown], atol=2e-3)
+
+    flat = AcquisitionParams(xi=1.0)  # J⁺ + 1: no candidate can improve on it
+    assert np.all(np.asarray(acquisition_values(gp_state, pool, ProposalConfig(kind="ei"), flat)) == 0.0)
+    # gradients of one hopeless candidate (Z = -20)
+    d_ei = jax.grad(expected_improvement, argnums=(0, 1))(0.0, 0.05, 1.0)
+    d_log = jax.grad(log_expected_improvement, argnums=(0, 1))(0.0, 0.05, 1.0)
+    assert all(float(g) == 0.0 for g in d_ei) and float(d_log[0]) > 0 and np.all(np.isfinite(d_log))
+    config = dict(SMALL, num_steps=20, step_size=0.05)
+    key = jax.random.key(6)
+    by_ei = propose(key, gp_state, BOX_LOW, BOX_HIGH, ProposalConfig(kind="ei", **config), flat)
+    by_log = propose(key, gp_state, BOX_LOW, BOX_HIGH, ProposalConfig(kind="log_ei", **config), flat)
+    score = lambda x: np.asarray(acquisition_values(gp_state, x, ProposalConfig(kind="log_ei"), flat))  # noqa: E731
+    assert score(by_log).mean() > score(by_ei).mean() + 1.0  # nats

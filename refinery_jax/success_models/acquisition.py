@@ -218,20 +218,14 @@ def _orient(mean, target):
 
 
 def _utility(mu, sigma, best, kind, params: AcquisitionParams):
-    """Score maximised by the optimiser: the acquisition or a monotone transform of it.
+    """Score maximised by the optimiser: each acquisition itself, with its own gradients.
 
-    PI and EI are maximised through their logs (same argmax, useful gradients where
-    the raw values are flat or underflow).
+    EI (and PI) underflow to exactly 0 where the candidate is hopeless (Z ≲ -13 in
+    float32), so gradient ascent started there cannot move and ties among zeros are
+    broken by pool order; that is the acquisition the paper names. `log_ei` is the
+    numerically stable variant (Ament et al. 2023): same argmax wherever EI is
+    representable, useful gradients everywhere (tests/test_acquisition.py shows both).
     """
-    if kind == "ucb":
-        return ucb(mu, sigma, params.beta)
-    if kind == "pi":
-        return log_probability_of_improvement(mu, sigma, best, params.xi)
-    return log_expected_improvement(mu, sigma, best, params.xi)
-
-
-def _value(mu, sigma, best, kind, params: AcquisitionParams):
-    """The acquisition itself (what :func:`acquisition_values` reports)."""
     if kind == "ucb":
         return ucb(mu, sigma, params.beta)
     if kind == "pi":
@@ -283,7 +277,7 @@ def _acquisition_values_jit(state: GPState, x, config: ProposalConfig, params: A
     def one(xi):
         mean, var, _ = posterior_standardised(state, xi)
         mu = _orient(mean * state.y_scale + state.y_mean, config.target)
-        return _value(mu, jnp.sqrt(var) * state.y_scale, best, config.kind, params)
+        return _utility(mu, jnp.sqrt(var) * state.y_scale, best, config.kind, params)
 
     return jax.vmap(one)(x)
 
