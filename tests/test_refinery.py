@@ -32,7 +32,9 @@ from refinery_jax.refinery import (
     cell_variance,
     comparison_table,
     deployment_sampler,
+    expected_normal_range,
     format_table,
+    gp_data,
     has_converged,
     key_streams,
     make_comparison,
@@ -43,6 +45,7 @@ from refinery_jax.refinery import (
     wilson_interval,
 )
 from refinery_jax.refinery.results_io import load_run, pack_arrays, save_run
+from refinery_jax.refinery.finetune import stop_span
 from refinery_jax.refinery.stats import mcnemar_exact_p, paired_difference
 from refinery_jax.success_models import ProposalConfig, fit_success_gmm
 
@@ -54,16 +57,62 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 # ---------------------------------------------------------------------------
 
 def test_convergence_rule_on_a_synthetic_history():
-    rates = jnp.array([0.50, 0.62, 0.70, 0.74, 0.76, 0.77, 0.78, 0.78, 0.0, 0.0])
-    # window 5, tolerance 0.05: rounds 1..5 span 0.26; rounds 3..7 span 0.08; rounds 4..8 span 0.04
-    got = [bool(has_converged(rates, n, 5, 0.05)) for n in range(1, 11)]
+    rates = jnp.array([0.50, 0.62, 0.70, 0.76, 0.77, 0.78, 0.79, 0.79, 0.0, 0.0])
+    # 1e6 trials per rate: no noise allowance, the relative 5 %: rounds 3..7 span 0.09; rounds 4..8
+    # span 0.03 <= 0.05 x 0.778
+    got = [bool(has_converged(rates, n, 5, 0.05, 10 ** 6)) for n in range(1, 11)]
     assert got[:7] == [False] * 7
     assert got[7]  # after the 8th evaluation
     # entries beyond `count` are ignored (the zeros at 9 and 10 would break the span)
-    assert bool(has_converged(rates, 8, 5, 0.05))
-    assert not bool(has_converged(rates, 4, 5, 1.0))  # fewer evaluations than the window
-    assert bool(has_converged(jnp.full(6, 0.9), 5, 5, 0.05))
-    assert not bool(has_converged(jnp.array([0.9, 0.9, 0.9, 0.9, 0.95]), 5, 5, 0.05))  # span = tolerance
+    assert bool(has_converged(rates, 8, 5, 0.05, 10 ** 6))
+    assert not bool(has_converged(rates, 4, 5, 1.0, 10 ** 6))  # fewer evaluations than the window
+    assert bool(has_converged(jnp.full(6, 0.9), 5, 5, 0.05, 256))
+    assert bool(has_converged(jnp.zeros(5), 5, 5, 0.05, 256))  # a policy stuck at 0 has stopped changing
+    # the same five rates: within noise on 256 trials (allowed 2.326 x 0.0243 = 0.057), not on 4096
+    noisy = jnp.array([0.80, 0.84, 0.82, 0.79, 0.83])
+    assert bool(has_converged(noisy, 5, 5, 0.05, 256)) and not bool(has_converged(noisy, 5, 5, 0.05, 4096))
+    span, allowed = stop_span(noisy, 5, 5, 0.05, 256)
+    assert float(span) == pytest.approx(0.05) and float(allowed) == pytest.approx(2.326 * (0.816 * 0.184 / 256) ** 0.5, rel=1e-3)
+
+
+def test_expected_normal_range_matches_tables_and_simulation():
+    # d2 of statistical process control tables
+    for n, d2 in ((2, 1.128), (3, 1.693), (5, 2.326), (10, 3.078)):
+        assert expected_normal_range(n) == pytest.approx(d2, abs=1e-3)
+    draws = np.random.default_rng(0).normal(size=(200_000, 7))
+    assert expected_normal_range(7) == pytest.approx(np.ptp(draws, axis=1).mean(), abs=0.01)
+    assert expected_normal_range(1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_stopping_rule_follows_the_policy_not_the_evaluation_noise():
+    """Simulated evaluations (binomial rates): a policy that stopped improving is stopped within a
+    few rounds whatever the number of evaluation trials; one that still improves by more than
+    the noise is not stopped. The old rule (absolute span < 0.05) failed the first half at 64
+    trials: a flat policy's rates mostly span more than 0.05, so it ran to the round budget."""
+    rng = np.random.default_rng(0)
+    runs, rounds, window = 2000, 10, 5
+    for trials in (64, 256, 4096):
+        check = jax.jit(jax.vmap(lambda r, n: has_converged(r, n, window, 0.05, trials), in_axes=(0, None)))
+        flat = rng.binomial(trials, 0.8, (runs, rounds)) / trials
+        stopped = np.any(np.stack([np.asarray(check(flat, n)) for n in range(window, rounds + 1)]), axis=0)
+        assert stopped.mean() > 0.8, (trials, stopped.mean())
+        improving = rng.binomial(trials, np.linspace(0.4, 0.85, rounds), (runs, rounds)) / trials
+        # +0.05 per round: at 64 trials (σ ≈ 0.06 per rate) some windows look flat
+        assert np.asarray(check(improving, window)).mean() < (0.2 if trials == 64 else 0.01), trials
+    flat_64 = rng.binomial(64, 0.8, (runs, rounds)) / 64
+    old = np.any([np.ptp(flat_64[:, n - window:n], axis=1) < 0.05 for n in range(window, rounds + 1)], axis=0)
+    assert old.mean() < 0.3  # measured 0.21 (the new rule: 0.87)
+
+
+def test_gp_data_keeps_earlier_rounds_down_weighted():
+    inits = jnp.arange(4 * 2 * 3, dtype=jnp.float32).reshape(4, 2, 3)  # R = 4 rounds of E = 2 points
+    success = jnp.array([[1, 0], [0, 1], [1, 1], [0, 0]], bool)
+    x, y, w = gp_data(inits, success, jnp.asarray(2), 3, 0.5)
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(inits[jnp.array([2, 1, 0])].reshape(-1, 3)))
+    np.testing.assert_array_equal(np.asarray(y), [1, 1, 0, 1, 1, 0])
+    np.testing.assert_allclose(np.asarray(w), [1, 1, 0.5, 0.5, 0.25, 0.25])
+    _, _, w = gp_data(inits, success, jnp.asarray(0), 3, 0.5)
+    np.testing.assert_allclose(np.asarray(w), [1, 1, 0, 0, 0, 0])  # no rounds before the first: padding
 
 
 def test_t_quantiles_and_intervals_match_scipy():
@@ -282,6 +331,33 @@ def test_finetune_history_and_control_budget(tiny):
         low, high = tiny["trainer"].env.init_low, tiny["trainer"].env.init_high
         assert np.all((proposals >= low) & (proposals <= high)) and np.ptp(proposals) > 0
         assert int(bo.train.update[s]) == int(tiny["baseline"].update[s]) + (r - 1) * TINY.finetune.updates_per_round
+
+
+def test_a_failed_gp_fit_is_recorded_and_falls_back_visibly(tiny):
+    """Non-finite evaluation data (here NaN θ) make the GP's posterior non-finite: the round is
+    marked `gp_failed`, its proposals are uniform draws inside the box, and the log says so."""
+    from refinery_jax.refinery.comparison import run_rounds
+
+    finetune, baseline = tiny["comparison"].finetune_bo, tiny["baseline"]
+    one = jax.tree.map(lambda a: a[0], baseline)
+    state = finetune.init(jax.random.key(1), one)
+    inits = jnp.full((TINY.finetune.eval_points, 3), jnp.nan)
+    recorded = jax.jit(finetune.record)(state, inits, jnp.ones(TINY.finetune.eval_points, bool))
+    assert bool(recorded.history.gp_failed[0])
+    proposals = np.asarray(recorded.history.proposals[0])
+    low, high = tiny["trainer"].env.init_low, tiny["trainer"].env.init_high
+    assert np.all(np.isfinite(proposals)) and np.all((proposals >= low) & (proposals <= high))
+    fine = jax.jit(finetune.record)(state, jnp.zeros_like(inits), jnp.ones(TINY.finetune.eval_points, bool))
+    assert not bool(fine.history.gp_failed[0])
+    # through the round loop: NaN θ reach the GP (the episodes themselves run from θ = 0)
+    messages = []
+    nan_evaluate = lambda policies, inits, keys: tiny["comparison"].evaluate(policies, jnp.zeros_like(inits), keys)  # noqa: E731
+    broken = finetune._replace(request=lambda s: (jnp.full((TINY.finetune.eval_points, 3), jnp.nan),
+                                                  finetune.request(s)[1]))
+    states = jax.vmap(lambda k, t: finetune.init(k, t, 1))(tiny["keys"], baseline)
+    out = run_rounds(broken, states, nan_evaluate, tiny["trainer"].policy, progress=messages.append)
+    assert np.all(np.asarray(out.history.gp_failed[:, 0]))
+    assert any("GP fit NOT finite for seed(s) [0, 1]" in m for m in messages)
 
 
 def test_same_seed_gives_the_same_table(tiny):

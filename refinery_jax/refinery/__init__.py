@@ -26,6 +26,8 @@ from refinery_jax.refinery.finetune import (
     FineTuneConfig,
     FineTuneHistory,
     FineTuneState,
+    expected_normal_range,
+    gp_data,
     has_converged,
     make_finetune,
     proposal_sampler,
@@ -36,6 +38,6 @@ __all__ = [
     "KEY_STREAMS", "METHODS", "MIN_SUCCESSES", "Comparison", "ComparisonConfig", "ComparisonResult",
     "DeploymentModel", "FineTune", "FineTuneConfig", "FineTuneHistory", "FineTuneState", "FreshEval",
     "cell_variance", "comparison_table", "concentration", "deployment_sampler", "fit_deployment",
-    "format_table", "has_converged", "key_streams", "make_comparison", "make_finetune", "proposal_sampler",
+    "expected_normal_range", "format_table", "gp_data", "has_converged", "key_streams", "make_comparison", "make_finetune", "proposal_sampler",
     "run_comparison", "run_rounds", "summarize_seeds", "t_quantile_975", "wilson_interval",
 ]

@@ -136,6 +136,7 @@ def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callabl
     with progress_bar(int(np.max(np.asarray(state.max_rounds))), name, "round", initial=start) as bar:
         while not bool(np.all(np.asarray(state.done))):
             inits, keys = request(state)
+            before = np.asarray(state.rounds)
             if finetune.config.guided:
                 success = batch_evaluate(policies(state.train), inits, keys).success
             else:  # the control evaluates nothing between rounds
@@ -149,6 +150,9 @@ def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callabl
                 rates = np.asarray(state.history.success_rate)[rows]
                 message += f" | eval success per seed {np.round(rates, 3).tolist()}"
                 scalars[f"{tag}/eval_success"] = float(np.mean(rates))
+                failed = np.flatnonzero(np.asarray(state.history.gp_failed)[rows] & (rounds > before))
+                if failed.size:  # never silent: the run records it, and the log says it
+                    message += f" | GP fit NOT finite for seed(s) {failed.tolist()}: uniform proposals this round"
             if logger is not None:
                 logger.log(int(rounds.max()), scalars)
             bar.update(1)
@@ -252,6 +256,7 @@ def comparison_table(result: ComparisonResult, low, high, cells: int = 3) -> dic
         table[name]["converged_per_seed"] = np.asarray(state.converged).tolist()
         steps = np.asarray(state.history.env_steps)
         table[name]["finetune_env_steps_per_seed"] = [int(s[r - 1]) for s, r in zip(steps, np.asarray(state.rounds))]
+    table["finetune"]["gp_failures_per_seed"] = np.asarray(result.finetune.history.gp_failed).sum(axis=1).tolist()
     for name, model in result.deployment.items():
         table["deployment" if name == "baseline" else "refinery"]["gmm"] = {
             "fit_successes_per_seed": np.asarray(model.num_successes).tolist(),

@@ -4,15 +4,33 @@ One *round* has two halves, each a pure function of the named state:
 
     assess   evaluate the current policy (deterministic mean actions) at
              `eval_points` fresh uniform θ, record its success rate, apply the
-             convergence rule; unless the run is done, fit a GP to the outcomes
-             (refreshed every round, because the policy changed) and propose `q`
-             initial conditions with the acquisition.
+             convergence rule; unless the run is done, fit a GP (refitted every
+             round, because the policy changed) and propose `q` initial conditions
+             with the acquisition.
     improve  unless the run is done, `updates_per_round` PPO updates whose resets draw
              from the round's proposals (a `uniform_share` of them stays uniform).
 
-Convergence is the paper's rule: the success rates of the last `window` rounds
-vary by less than `tolerance` (max − min), or the round budget is spent. The run
-ends on an evaluation, so the returned policy is the one last evaluated.
+The GP's data. Round r's GP sees the outcomes of the last `gp_rounds` evaluations
+(round r's included), each round of age a as a precision multiplier `gp_decay ** a`
+(its noise variance times 2**a at the default 0.5). Earlier rounds evaluated an
+earlier policy, so they must count less than the current one where both have data;
+but one round's 256 Bernoulli outcomes leave much of a 3-D box unobserved, and there
+the earlier rounds are the best evidence there is. A fit whose posterior or proposals
+are not finite is recorded (`history.gp_failed`) and that round's proposals are
+uniform draws over the box; `run_rounds` says so.
+
+Convergence. The paper stops at "< 5 % variation in success rate over 5 consecutive
+evaluations". Each evaluation is a binomial rate over `eval_points` trials, so an
+absolute 5-point span is pure noise at small `eval_points` (a flat policy at 0.8 on 64
+trials has σ = 0.05 per round: its rates almost never span < 0.05) and too loose at
+large ones. Here the last `window` rates must span no more than the larger of (a) the
+relative reading of the paper, `tolerance` x their mean, and (b) the range that
+evaluation noise alone gives a constant policy on average, d2(window) x
+sqrt(p(1 − p) / eval_points) (d2: the expected range of `window` standard normals,
+2.326 for 5). A policy that stopped improving then stops within a few rounds whatever
+`eval_points` is; one that still improves by more than the noise does not. The round
+budget caps the run. It ends on an evaluation, so the returned policy is the one last
+evaluated.
 
 The control the paper does not report is `FineTuneConfig(guided=False)` run with the
 BO run's round count as budget: `assess` only counts rounds (no evaluation, no GP)
@@ -35,6 +53,7 @@ record (success, proposals, GP hyper-parameters, evaluated θ and outcomes).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, NamedTuple
 
 import jax
@@ -53,8 +72,10 @@ class FineTuneConfig:
     eval_points: int = 256          # fresh uniform θ evaluated per round (the GP's data)
     updates_per_round: int = 10     # PPO updates between evaluations
     max_rounds: int = 10            # upper bound on rounds (array sizes); `init` may lower it per run
-    window: int = 5                 # convergence: the last `window` success rates ...
-    tolerance: float = 0.05         # ... span less than this
+    window: int = 5                 # convergence: the last `window` success rates span no more than ...
+    tolerance: float = 0.05         # ... this share of their mean, or evaluation noise (module docstring)
+    gp_rounds: int = 3              # the GP sees the outcomes of this many latest rounds ...
+    gp_decay: float = 0.5           # ... each round of age a with precision multiplier gp_decay ** a
     uniform_share: float = 0.25     # share of resets drawn uniformly during BO fine-tuning
     learning_rate: float = 3e-4     # constant during fine-tuning (the specialist's schedule has ended)
     proposal: ProposalConfig = ProposalConfig(q=32)
@@ -62,12 +83,14 @@ class FineTuneConfig:
     gp: GPConfig = GPConfig()
 
     def __post_init__(self):
-        if min(self.eval_points, self.updates_per_round, self.max_rounds, self.window) < 1:
+        if min(self.eval_points, self.updates_per_round, self.max_rounds, self.window, self.gp_rounds) < 1:
             raise ValueError(f"counts must be positive: {self}")
         if not 0.0 <= self.uniform_share <= 1.0:
             raise ValueError(f"uniform_share must be in [0, 1], got {self.uniform_share}")
         if self.tolerance <= 0 or self.learning_rate <= 0:
             raise ValueError("tolerance and learning_rate must be positive")
+        if not 0.0 < self.gp_decay <= 1.0:
+            raise ValueError(f"gp_decay must be in (0, 1], got {self.gp_decay}")
 
 
 @struct.dataclass
@@ -79,6 +102,8 @@ class FineTuneHistory:
     eval_success: jax.Array   # [R, E] bool outcomes
     proposals: jax.Array      # [R, q, 3] θ' for that round's resets (zeros for the control)
     gp_params: GPParams       # [R] fitted hyper-parameters (zeros for the control)
+    gp_failed: jax.Array      # [R] bool: the GP's posterior or proposals were not finite; proposals uniform
+    stop_span: jax.Array      # [R] the span the last `window` rates had to stay within (0 before `window` rounds)
     trained: jax.Array        # [R] bool: PPO updates ran after this evaluation
     env_steps: jax.Array      # [R] cumulative fine-tuning env steps after the round
     train_success: jax.Array  # [R] success rate of the training episodes that ended in the round
@@ -107,14 +132,48 @@ class FineTune(NamedTuple):
     run: Callable[[FineTuneState], FineTuneState]
 
 
-def has_converged(success_rates: jax.Array, count: jax.Array, window: int, tolerance: float) -> jax.Array:
-    """The paper's rule on the first `count` entries of `success_rates` [R]: the last
-    `window` of them span (max − min) less than `tolerance`. False with fewer than `window`."""
+def expected_normal_range(n: int) -> float:
+    """d2(n): the expected range (max − min) of n independent standard normals (1.128 for 2,
+    2.326 for 5): the integral of 1 − Φ(x)^n − (1 − Φ(x))^n over x."""
+    if n < 1:
+        raise ValueError(f"need n >= 1, got {n}")
+    xs = [-12.0 + 24.0 * i / 24000 for i in range(24001)]
+    cdf = [0.5 * (1.0 + math.erf(x / math.sqrt(2.0))) for x in xs]
+    values = [1.0 - c ** n - (1.0 - c) ** n for c in cdf]
+    return (sum(values) - 0.5 * (values[0] + values[-1])) * (24.0 / 24000)
+
+
+def stop_span(success_rates: jax.Array, count: jax.Array, window: int, tolerance: float,
+              eval_points: int) -> tuple[jax.Array, jax.Array]:
+    """(span of the last `window` of the first `count` rates, the span allowed: the larger of
+    `tolerance` x their mean and d2(window) x the binomial std of one rate at their mean)."""
     rates = jnp.asarray(success_rates)
     idx = jnp.arange(rates.shape[0])
     recent = (idx < count) & (idx >= count - window)
     span = jnp.max(jnp.where(recent, rates, -jnp.inf)) - jnp.min(jnp.where(recent, rates, jnp.inf))
-    return (count >= window) & (span < tolerance)
+    mean = jnp.sum(jnp.where(recent, rates, 0.0)) / jnp.maximum(jnp.minimum(count, window), 1)
+    noise = expected_normal_range(window) * jnp.sqrt(mean * (1.0 - mean) / eval_points)
+    return span, jnp.maximum(tolerance * mean, noise)
+
+
+def has_converged(success_rates: jax.Array, count: jax.Array, window: int, tolerance: float,
+                  eval_points: int) -> jax.Array:
+    """The stopping rule (module docstring) on the first `count` entries of `success_rates` [R],
+    each a rate over `eval_points` trials. False with fewer than `window` rates."""
+    span, allowed = stop_span(success_rates, count, window, tolerance, eval_points)
+    return (count >= window) & (span <= allowed)
+
+
+def gp_data(eval_inits: jax.Array, eval_success: jax.Array, r: jax.Array, rounds: int, decay: float):
+    """The GP's data at round r: θ [K·E, 3], outcomes [K·E] and weights [K·E] of rounds r, r − 1,
+    ..., r − K + 1 (K = `rounds`) from the history [R, E, ...]; round r − a has weight
+    decay ** a, and rounds before 0 weight 0 (padding)."""
+    ages = jnp.arange(rounds)
+    rows = jnp.maximum(r - ages, 0)
+    weights = jnp.where(r - ages >= 0, decay ** ages.astype(jnp.float32), 0.0)
+    e = eval_success.shape[1]
+    return (eval_inits[rows].reshape(-1, eval_inits.shape[-1]), eval_success[rows].reshape(-1).astype(jnp.float32),
+            jnp.repeat(weights, e))
 
 
 def proposal_sampler(proposals: jax.Array, low, high, uniform_share) -> Sampler:
@@ -150,7 +209,8 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
         gp_zeros = jax.tree.map(lambda s: jnp.zeros((r_max,) + s.shape, jnp.float32), _gp_params_template(config))
         history = FineTuneHistory(
             success_rate=jnp.zeros(r_max), eval_inits=jnp.zeros((r_max, e, 3)), eval_success=jnp.zeros((r_max, e), bool),
-            proposals=jnp.zeros((r_max, q, 3)), gp_params=gp_zeros, trained=jnp.zeros(r_max, bool),
+            proposals=jnp.zeros((r_max, q, 3)), gp_params=gp_zeros, gp_failed=jnp.zeros(r_max, bool),
+            stop_span=jnp.zeros(r_max), trained=jnp.zeros(r_max, bool),
             env_steps=jnp.zeros(r_max, jnp.int32), train_success=jnp.zeros(r_max))
         return FineTuneState(train=train_state, key=key, rounds=jnp.zeros((), jnp.int32),
                              max_rounds=jnp.minimum(budget, r_max),
@@ -169,20 +229,30 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
     def record_round(state: FineTuneState, inits, success) -> FineTuneState:
         r, h = state.rounds, state.history
         k_next, _, _, k_gp, k_prop = round_keys(state)
+        eval_inits, eval_success = h.eval_inits.at[r].set(inits), h.eval_success.at[r].set(success)
         if config.guided:
-            gp = fit_gp(k_gp, inits, success.astype(jnp.float32), low, high, config=config.gp)
+            x, y, weights = gp_data(eval_inits, eval_success, r, config.gp_rounds, config.gp_decay)
+            gp = fit_gp(k_gp, x, y, low, high, weights=weights, config=config.gp)
             proposals = propose(k_prop, gp, low, high, config.proposal, acq)
+            failed = ~(jnp.all(jnp.isfinite(gp.alpha)) & jnp.all(jnp.isfinite(gp.chol))
+                       & jnp.all(jnp.isfinite(proposals)))
+            fallback = jax.random.uniform(k_prop, (q, 3), minval=low, maxval=high)
+            proposals = jnp.where(failed, fallback, proposals)
             gp_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), gp.params)
             rates = h.success_rate.at[r].set(jnp.mean(success))
-            converged = has_converged(rates, r + 1, config.window, config.tolerance)
+            span, allowed = stop_span(rates, r + 1, config.window, config.tolerance, e)
+            converged = (r + 1 >= config.window) & (span <= allowed)
         else:  # the control: nothing was evaluated, nothing to model
             gp_params = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), _gp_params_template(config))
             proposals, rates, converged = jnp.zeros((q, 3)), h.success_rate, jnp.zeros((), bool)
+            failed, allowed = jnp.zeros((), bool), jnp.zeros(())
         steps_so_far = jnp.where(r > 0, h.env_steps[jnp.maximum(r - 1, 0)], 0)
         history = h.replace(
-            success_rate=rates, eval_inits=h.eval_inits.at[r].set(inits), eval_success=h.eval_success.at[r].set(success),
+            success_rate=rates, eval_inits=eval_inits, eval_success=eval_success,
             proposals=h.proposals.at[r].set(proposals), env_steps=h.env_steps.at[r].set(steps_so_far),
-            gp_params=jax.tree.map(lambda all_, x: all_.at[r].set(x), h.gp_params, gp_params))
+            gp_params=jax.tree.map(lambda all_, x: all_.at[r].set(x), h.gp_params, gp_params),
+            gp_failed=h.gp_failed.at[r].set(failed),
+            stop_span=h.stop_span.at[r].set(jnp.where(r + 1 >= config.window, allowed, 0.0)))
         return state.replace(key=k_next, rounds=r + 1, converged=converged,
                              done=converged | (r + 1 >= state.max_rounds), history=history)
 
