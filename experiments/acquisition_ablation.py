@@ -105,6 +105,7 @@ def main(argv=None) -> None:
     from refinery_jax.checkpoints import stage_cache
     from refinery_jax.evaluation import make_evaluate
     from refinery_jax.refinery import format_table, make_finetune, run_rounds, summarize_seeds
+    from refinery_jax.refinery.finetune import share_programs
     from refinery_jax.refinery.plots import plot_table
     from refinery_jax.refinery.stats import paired_difference
     from refinery_jax.refinery.specialists import (
@@ -148,8 +149,14 @@ def main(argv=None) -> None:
         ks = jax.vmap(jax.random.split)(keys)
         return batch_evaluate(policies(train_states), draw(ks[:, 0]), ks[:, 1]).success
 
+    programs = []  # the first arm's fine-tuning; every other arm reuses its compiled PPO rounds
+
     def finetuned(name, finetune_config, key_index, budget=None):
         finetune = make_finetune(finetune_config, trainer, evaluate)
+        if programs:
+            finetune = share_programs(finetune, programs[0])
+        else:
+            programs.append(finetune)
         init = lambda: jax.vmap(finetune.init)(k_arms[:, key_index], baseline, budget)  # noqa: E731
 
         return cache(f"finetune_{name}", lambda: run_rounds(finetune, jax.jit(init)(), batch_evaluate, trainer.policy,

@@ -7,6 +7,7 @@ starts), without any training, which makes the GMM, the GP and the table non-tri
 in CI time.
 """
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -38,6 +39,7 @@ from refinery_jax.refinery import (
     has_converged,
     key_streams,
     make_comparison,
+    make_finetune,
     proposal_sampler,
     run_comparison,
     summarize_seeds,
@@ -47,7 +49,8 @@ from refinery_jax.refinery import (
 from refinery_jax.refinery.results_io import load_run, pack_arrays, save_run
 from refinery_jax.refinery.finetune import stop_span
 from refinery_jax.refinery.stats import mcnemar_exact_p, paired_difference
-from refinery_jax.success_models import ProposalConfig, fit_success_gmm
+from refinery_jax.refinery.deployment import fit_success_model
+from refinery_jax.success_models import ProposalConfig
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -197,26 +200,65 @@ def edge_gmm():
     x = np.concatenate([rng.normal([0.0095, 0.0, 0.015], [0.001, 0.002, 0.002], (300, 3)),
                         rng.uniform([-0.01, -0.01, 0.01], [0.01, 0.01, 0.02], (300, 3))]).astype(np.float32)
     success = np.arange(600) < 300
-    return x, success, fit_success_gmm(jax.random.key(0), x, success)
+    return x, success, fit_success_model(jax.random.key(0), x, success, *EDGE_BOX)
+
+
+EDGE_BOX = np.array([-0.01, -0.01, 0.01], np.float32), np.array([0.01, 0.01, 0.02], np.float32)
 
 
 def test_deployment_sampler_stays_in_the_box(edge_gmm):
-    x, success, gmm = edge_gmm
-    low, high = np.array([-0.01, -0.01, 0.01], np.float32), np.array([0.01, 0.01, 0.02], np.float32)
-    model = DeploymentModel(gmm=gmm, fit_inits=jnp.asarray(x), fit_success=jnp.asarray(success),
-                            num_successes=jnp.asarray(300), usable=jnp.asarray(True))
+    x, success, model = edge_gmm
+    low, high = EDGE_BOX
     keys = jax.random.split(jax.random.key(2), 512)
     for selection in ("argmax", "random"):
         from refinery_jax.success_models import DeploymentConfig
-        inits = np.asarray(jax.jit(jax.vmap(deployment_sampler(model, low, high, DeploymentConfig(selection=selection))))(keys))
+        inits = np.asarray(jax.jit(jax.vmap(deployment_sampler(model, DeploymentConfig(selection=selection))))(keys))
         assert np.all((inits >= low) & (inits <= high)), selection
         assert len(np.unique(inits, axis=0)) > 400, "a fresh selection per episode, not one fixed point"
         assert np.mean(inits[:, 0] > 0.005) > 0.5, "selections follow the successes"
     # too few successes: uniform over the box
     unusable = model.replace(usable=jnp.asarray(False))
-    inits = np.asarray(jax.vmap(deployment_sampler(unusable, low, high))(keys))
+    inits = np.asarray(jax.vmap(deployment_sampler(unusable))(keys))
     assert np.all((inits >= low) & (inits <= high)) and abs(float(inits[:, 0].mean())) < 0.002
     assert MIN_SUCCESSES == 4
+
+
+def test_fit_deployment_eagerly_and_under_jit():
+    """Algorithm 2's offline phase with a stand-in evaluator (success iff θ_x > 0): the GMM
+    learns the successful half, and the jitted call gives the eager one's model."""
+    from types import SimpleNamespace
+
+    from refinery_jax.refinery import fit_deployment
+
+    low, high = EDGE_BOX
+    evaluate = lambda policy, inits, key: SimpleNamespace(success=inits[:, 0] > policy)  # noqa: E731
+    eager = fit_deployment(jax.random.key(7), evaluate, 0.0, low, high, num_inits=400)
+    jitted = jax.jit(lambda k, p: fit_deployment(k, evaluate, p, low, high, num_inits=400))(jax.random.key(7), 0.0)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-6)
+    assert bool(eager.usable) and 150 < int(eager.num_successes) < 250
+    chosen = np.asarray(jax.vmap(deployment_sampler(eager))(jax.random.split(jax.random.key(8), 300)))
+    assert np.mean(chosen[:, 0] > 0) > 0.9
+
+
+def test_success_model_does_not_depend_on_units_and_is_the_same_under_jit(edge_gmm):
+    """The GMM is fitted in the unit box: θ in millimetres gives the same selections (x 1000) as
+    θ in metres. (With the old absolute reg_covar of 1e-6 m², a 1 mm floor on every std in
+    metres and 1 µm in millimetres, the two differed.) Eager and jitted fits agree."""
+    x, success, model = edge_gmm
+    low, high = EDGE_BOX
+    in_mm = fit_success_model(jax.random.key(0), 1000 * x, success, 1000 * low, 1000 * high)
+    keys = jax.random.split(jax.random.key(5), 256)
+    metres = np.asarray(jax.vmap(deployment_sampler(model))(keys), np.float64)
+    millimetres = np.asarray(jax.vmap(deployment_sampler(in_mm))(keys), np.float64)
+    np.testing.assert_allclose(millimetres, 1000 * metres, atol=1e-3)
+    jitted = jax.jit(fit_success_model)(jax.random.key(0), x, success, low, high)
+    for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(model)):
+        np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64), rtol=1e-4, atol=1e-6)
+    # an extreme box (1 µm wide) still gives finite selections inside it
+    tiny_box = fit_success_model(jax.random.key(0), 1e-4 * x, success, 1e-4 * low, 1e-4 * high)
+    tiny = np.asarray(jax.vmap(deployment_sampler(tiny_box))(keys))
+    assert np.all(np.isfinite(tiny)) and np.all((tiny >= 1e-4 * low - 1e-12) & (tiny <= 1e-4 * high + 1e-12))
 
 
 # ---------------------------------------------------------------------------
@@ -331,6 +373,26 @@ def test_finetune_history_and_control_budget(tiny):
         low, high = tiny["trainer"].env.init_low, tiny["trainer"].env.init_high
         assert np.all((proposals >= low) & (proposals <= high)) and np.ptp(proposals) > 0
         assert int(bo.train.update[s]) == int(tiny["baseline"].update[s]) + (r - 1) * TINY.finetune.updates_per_round
+
+
+def test_fine_tuning_rounds_share_one_compiled_program(tiny):
+    """Proposals and the uniform share are traced state of one PPO program: every round of the BO
+    run and of the uniform control ran the same compiled `improve` (and `record`), no recompile
+    per round, and the ablation's arms reuse it through `share_programs`."""
+    from refinery_jax.refinery.comparison import batched
+    from refinery_jax.refinery.finetune import share_programs
+
+    bo = tiny["comparison"].finetune_bo
+    assert int(np.max(np.asarray(tiny["result"].finetune.rounds))) >= 2
+    assert batched(bo.improve)._cache_size() == 1
+    assert batched(bo.record)._cache_size() == 1
+    other = make_finetune(dataclasses.replace(TINY.finetune, proposal=ProposalConfig(kind="ei", q=4, num_candidates=64,
+                                                                                 num_starts=4, num_steps=5)),
+                          tiny["trainer"], tiny["comparison"].evaluate)
+    assert share_programs(other, bo).improve is bo.improve
+    with pytest.raises(ValueError, match="updates_per_round"):
+        share_programs(make_finetune(dataclasses.replace(TINY.finetune, updates_per_round=2), tiny["trainer"],
+                                     tiny["comparison"].evaluate), bo)
 
 
 def test_a_failed_gp_fit_is_recorded_and_falls_back_visibly(tiny):

@@ -309,21 +309,20 @@ def test_joint_selection_finds_what_independent_stages_cannot(diagonal_chains):
 
     lows, highs, inits, success = diagonal_chains
     assert inits.shape == (2, 2000, 3) and 0.1 < success.mean() < 0.26
-    model = fit_joint_model(jax.random.key(1), inits, success)
+    model = fit_joint_model(jax.random.key(1), inits, success, lows, highs)
     assert bool(model.usable) and int(model.num_successes) == success.sum()
     pick = DeploymentConfig(selection="random")  # a GMM sample each (argmax would pick one mode per stage)
-    sample = joint_sampler(model, lows, highs, pick)
+    sample = joint_sampler(model, pick)
     chosen = np.asarray(jax.vmap(sample)(jax.random.split(jax.random.key(2), 300)))  # [300, K, 3]
     assert chosen.shape == (300, 2, 3)
     for k in range(2):  # stage order kept: each stage's θ in its own box
         assert np.all(chosen[:, k] >= lows[k] - 1e-7) and np.all(chosen[:, k] <= highs[k] + 1e-7)
     joint_rate = crossed(chosen[:, 0, 0], chosen[:, 1, 0]).mean()
     # independent per-stage GMMs (each fitted on its stage's θ of the successful chains) pick each stage alone
-    singles = [fit_success_model(jax.random.key(3 + k), inits[k], success) for k in range(2)]
+    singles = [fit_success_model(jax.random.key(3 + k), inits[k], success, lows[k], highs[k]) for k in range(2)]
     from refinery_jax.refinery.deployment import deployment_sampler
 
-    alone = chain_inits(jax.random.key(4), [deployment_sampler(m, lo, hi, pick) for m, lo, hi in
-                                            zip(singles, lows, highs)], 300)
+    alone = chain_inits(jax.random.key(4), [deployment_sampler(m, pick) for m in singles], 300)
     independent_rate = crossed(alone[0, :, 0], alone[1, :, 0]).mean()  # about 1/2: right sides by chance
     assert joint_rate > 0.8 and independent_rate < 0.65, (joint_rate, independent_rate)
 
@@ -332,9 +331,9 @@ def test_joint_model_needs_more_successes_than_dimensions(diagonal_chains):
     lows, highs, inits, success = diagonal_chains
     few = np.zeros_like(success)
     few[np.flatnonzero(success)[:6]] = True  # 6 successes < 3K + 1 = 7
-    model = fit_joint_model(jax.random.key(1), inits, few)
+    model = fit_joint_model(jax.random.key(1), inits, few, lows, highs)
     assert not bool(model.usable)
-    chosen = np.asarray(jax.vmap(joint_sampler(model, lows, highs))(jax.random.split(jax.random.key(2), 500)))
+    chosen = np.asarray(jax.vmap(joint_sampler(model))(jax.random.split(jax.random.key(2), 500)))
     assert chosen[:, 1, 0].std() > 0.8 * 0.02 / np.sqrt(12)  # the uniform fallback, not a point
 
 
@@ -347,7 +346,8 @@ def test_joint_row_without_a_usable_joint_model_draws_as_refinery(diagonal_chain
 
     lows, highs, inits, _ = diagonal_chains
     near_centre = lambda k: np.abs(np.asarray(inits[k, :, 0]) - (lows[k][0] + 0.01)) < 0.002  # noqa: E731
-    models = [jax.tree.map(lambda a: a[None], fit_success_model(jax.random.key(k), inits[k], near_centre(k)))
+    models = [jax.tree.map(lambda a: a[None], fit_success_model(jax.random.key(k), inits[k], near_centre(k), lows[k],
+                                                                highs[k]))
               for k in range(2)]  # [S = 1]: each stage succeeds within 2 mm of its box centre in x
     stages = [SimpleNamespace(trainer=SimpleNamespace(policy=lambda p: p, env=SimpleNamespace(init_low=lo, init_high=hi)),
                               baseline=jnp.zeros((1, 1)),

@@ -29,8 +29,8 @@ import numpy as np
 
 from refinery_jax.envs.samplers import uniform_box
 from refinery_jax.ppo.train import Trainer, TrainState
-from refinery_jax.refinery.deployment import concentration, deployment_sampler, fit_success_model
-from refinery_jax.refinery.finetune import FineTune, FineTuneConfig, FineTuneState, make_finetune
+from refinery_jax.refinery.deployment import SUCCESS_GMM, concentration, deployment_sampler, fit_success_model
+from refinery_jax.refinery.finetune import FineTune, FineTuneConfig, FineTuneState, make_finetune, share_programs
 from refinery_jax.refinery.stats import cell_variance, paired_difference, summarize_seeds
 from refinery_jax.success_models import DeploymentConfig, GMMConfig
 
@@ -44,7 +44,7 @@ class ComparisonConfig:
     gmm_inits: int = 1000      # N of Algorithm 2
     finetune: FineTuneConfig = FineTuneConfig()
     deployment: DeploymentConfig = DeploymentConfig()
-    gmm: GMMConfig = GMMConfig()
+    gmm: GMMConfig = SUCCESS_GMM  # in the unit box of θ (deployment.py)
     cells: int = 3             # θ cells per x-y axis for the spread of success
 
     def __post_init__(self):
@@ -93,18 +93,16 @@ def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callab
         return jax.vmap(sampler)(jax.random.split(key, n))
 
     bo = make_finetune(config.finetune, trainer, evaluate)
-    control = make_finetune(dataclasses.replace(config.finetune, guided=False), trainer, evaluate)
-    # the control's PPO rounds are the BO run's program with uniform resets (a traced share of 1):
-    # sharing the function lets the control reuse the BO run's compiled program
-    control = control._replace(improve=bo.improve)
+    # the control's PPO rounds are the BO run's program with uniform resets (a traced share of 1)
+    control = share_programs(make_finetune(dataclasses.replace(config.finetune, guided=False), trainer, evaluate), bo)
     return Comparison(
         config=config,
         finetune_bo=bo,
         finetune_uniform=control,
         evaluate=jax.jit(jax.vmap(evaluate)),
         uniform_inits=lambda key, n: draw(uniform, key, n),
-        deployment_inits=lambda key, model, n: draw(deployment_sampler(model, low, high, config.deployment), key, n),
-        fit_model=lambda key, inits, success: fit_success_model(key, inits, success, config.gmm),
+        deployment_inits=lambda key, model, n: draw(deployment_sampler(model, config.deployment), key, n),
+        fit_model=lambda key, inits, success: fit_success_model(key, inits, success, low, high, config.gmm),
     )
 
 

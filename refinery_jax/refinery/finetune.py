@@ -206,6 +206,10 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
         budget = jnp.asarray(r_max if max_rounds is None else max_rounds, jnp.int32)
         train_state = train_state.replace(
             hparams=train_state.hparams.replace(learning_rate=jnp.asarray(config.learning_rate, jnp.float32)))
+        # strong types throughout: a weakly typed leaf (a hand-made or converted policy) would
+        # come back strong from the first round and make the second compile again
+        train_state = jax.tree.map(lambda a: a if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a.astype(a.dtype),
+                                   train_state)
         gp_zeros = jax.tree.map(lambda s: jnp.zeros((r_max,) + s.shape, jnp.float32), _gp_params_template(config))
         history = FineTuneHistory(
             success_rate=jnp.zeros(r_max), eval_inits=jnp.zeros((r_max, e, 3)), eval_success=jnp.zeros((r_max, e), bool),
@@ -291,6 +295,20 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
 
     return FineTune(config=config, init=init, request=request, record=record, assess=assess, improve=improve,
                     round=round_, run=run)
+
+
+def share_programs(finetune: FineTune, like: FineTune) -> FineTune:
+    """`finetune` with `like`'s PPO rounds (`improve`), so both run one compiled program: the
+    proposals and the uniform share are traced state, so runs that differ only in how they
+    propose (acquisition, guided or not) train alike. Raises if their rounds differ."""
+    mine, theirs = finetune.config, like.config
+    for name in ("updates_per_round", "learning_rate", "max_rounds", "proposal"):
+        if name == "proposal":
+            if mine.proposal.q != theirs.proposal.q:
+                raise ValueError(f"proposal.q differs ({mine.proposal.q} vs {theirs.proposal.q})")
+        elif getattr(mine, name) != getattr(theirs, name):
+            raise ValueError(f"{name} differs ({getattr(mine, name)} vs {getattr(theirs, name)}): not the same rounds")
+    return finetune._replace(improve=like.improve)
 
 
 def _gp_params_template(config: FineTuneConfig) -> GPParams:

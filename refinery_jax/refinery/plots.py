@@ -81,10 +81,14 @@ def plot_gp(params: GPParams, x, y, low, high, path, proposals=None, title: str 
 
 
 def gmm_density_map(gmm: GMMParams, low, high, z, n: int = 61):
-    """GMM log density [n, n] on an x-y grid at θ_z = z."""
+    """Log density [n, n] over θ (per m³) on an x-y grid at θ_z = z, of a GMM fitted in the unit
+    box of [low, high] (`deployment.fit_success_model`)."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
     _, _, xx, yy = _grid(low, high, n)
-    query = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], axis=1).astype(np.float32)
-    return np.asarray(gmm_log_prob(gmm, jnp.asarray(query))).reshape(n, n)
+    query = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], axis=1)
+    u = ((query - low) / (high - low)).astype(np.float32)
+    log_p = np.asarray(gmm_log_prob(gmm, jnp.asarray(u)), np.float64) - np.sum(np.log(high - low))
+    return log_p.reshape(n, n)
 
 
 def plot_gmm(gmm: GMMParams, low, high, chosen, path, fit_inits=None, fit_success=None, title: str = ""):

@@ -32,7 +32,7 @@ from refinery_jax.envs.episodes import Actor, run_episode
 from refinery_jax.envs.rotations import rotate
 from refinery_jax.envs.samplers import uniform_box
 from refinery_jax.ppo.networks import ActorCritic, policy_actor
-from refinery_jax.refinery.deployment import DeploymentModel, deployment_sampler, fit_success_model
+from refinery_jax.refinery.deployment import SUCCESS_GMM, DeploymentModel, deployment_sampler, fit_success_model
 from refinery_jax.refinery.stats import paired_difference, summarize_seeds
 from refinery_jax.success_models import DeploymentConfig, GMMConfig
 
@@ -247,22 +247,22 @@ def chain_inits(key: jax.Array, samplers: Sequence[Callable], n: int) -> jax.Arr
     return jnp.stack([jax.vmap(s)(jax.random.split(k, n)) for s, k in zip(samplers, keys)])
 
 
-def fit_joint_model(key: jax.Array, inits, sequence_success, gmm_config: GMMConfig = GMMConfig()) -> DeploymentModel:
+def fit_joint_model(key: jax.Array, inits, sequence_success, lows, highs,
+                    gmm_config: GMMConfig = SUCCESS_GMM) -> DeploymentModel:
     """Algorithm 2 on whole chains: a GMM over the concatenated θ [N, 3K] of the chained
-    trials (inits [K, N, 3]) whose every stage succeeded. It captures how one stage's start
-    changes the next stage's odds (through the end state it hands over), which
-    per-stage GMMs cannot."""
+    trials (inits [K, N, 3], stage k's from the box [lows[k], highs[k]]) whose every stage
+    succeeded. It captures how one stage's start changes the next stage's odds (through the
+    end state it hands over), which per-stage GMMs cannot."""
     inits = jnp.asarray(inits, jnp.float32)
     flat = jnp.moveaxis(inits, 0, 1).reshape(inits.shape[1], -1)
-    return fit_success_model(key, flat, jnp.asarray(sequence_success, bool), gmm_config)
+    low, high = (np.concatenate([np.asarray(b, np.float32) for b in box]) for box in (lows, highs))
+    return fit_success_model(key, flat, jnp.asarray(sequence_success, bool), low, high, gmm_config)
 
 
-def joint_sampler(model: DeploymentModel, lows, highs, config: DeploymentConfig = DeploymentConfig()) -> Callable:
+def joint_sampler(model: DeploymentModel, config: DeploymentConfig = DeploymentConfig()) -> Callable:
     """`key -> θ [K, 3]`: one chain's starts, the highest-density of M joint-GMM samples
     (per `config`), inside every stage's box; uniform when the model is not usable."""
-    lows, highs = np.concatenate([np.asarray(l, np.float32) for l in lows]), np.concatenate(
-        [np.asarray(h, np.float32) for h in highs])
-    sample = deployment_sampler(model, lows, highs, config)
+    sample = deployment_sampler(model, config)
     return lambda key: sample(key).reshape(-1, 3)
 
 
@@ -345,7 +345,7 @@ def _stacked(results: Sequence[ChainResult]) -> ChainResult:
 
 
 def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array, trials: int, fit_trials: int,
-                deployment: DeploymentConfig = DeploymentConfig(), gmm: GMMConfig = GMMConfig(),
+                deployment: DeploymentConfig = DeploymentConfig(), gmm: GMMConfig = SUCCESS_GMM,
                 cache: Optional[Callable] = None, progress: Callable = print) -> tuple[dict, list]:
     """The chained rows for S seeds: {method: ChainResult with leading [S]}, and the joint models.
 
@@ -373,8 +373,7 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
     def samplers(which, s):
         if which is None:
             return [uniform_box(lo, hi) for lo, hi in boxes]
-        return [deployment_sampler(_seed(r.result.deployment[which], s), lo, hi, deployment)
-                for r, (lo, hi) in zip(stage_runs, boxes)]
+        return [deployment_sampler(_seed(r.result.deployment[which], s), deployment) for r in stage_runs]
 
     def like(n):
         return lambda: ChainResult(jnp.zeros((seeds, stages, n), bool), jnp.zeros((seeds, n), bool),
@@ -402,14 +401,14 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
     fit_draw = lambda key, s: chain_inits(key, samplers("finetuned", s), fit_trials)  # noqa: E731
     fit = rows("fit_joint", "finetuned", fit_draw, fit_trials, stream="fit_joint")
     # rows() split each stream in two (θ, episodes); fold_in(., 2) is neither half
-    models = [fit_joint_model(jax.random.fold_in(streams[s]["fit_joint"], 2), fit.inits[s], fit.sequence_success[s], gmm)
-              for s in range(seeds)]
     lows, highs = zip(*boxes)
+    models = [fit_joint_model(jax.random.fold_in(streams[s]["fit_joint"], 2), fit.inits[s], fit.sequence_success[s],
+                              lows, highs, gmm) for s in range(seeds)]
 
     def joint_draw(key, s):
         if not bool(models[s].usable):  # too few whole successful chains: refinery's own choice, not uniform
             return independent("finetuned")(key, s)
-        sample = joint_sampler(models[s], lows, highs, deployment)
+        sample = joint_sampler(models[s], deployment)
         return jnp.moveaxis(jax.vmap(sample)(jax.random.split(key, trials)), 0, 1)  # [K, n, 3]
 
     out["refinery_joint"] = rows("fresh_refinery_joint", "finetuned", joint_draw, trials)
