@@ -3,7 +3,7 @@
     python experiments/refinery.py --task square_peg --preset quick --seeds 2 --out runs/refinery_square_peg
 
 For seeds 0..S-1 (one vmap per stage): train the PPO specialists (the preset of the
-same name) → Baseline (uniform θ) → Deployment (baseline + success GMM, Algorithm 2)
+same name; or load those of an experiments/train_specialist.py run with --baselines) → Baseline (uniform θ) → Deployment (baseline + success GMM, Algorithm 2)
 → Fine-tune (BO-guided, Algorithm 1; uniform θ) → Refinery (fine-tuned + GMM) →
 Uniform fine-tune (the same rounds and env steps with uniform resets: the control the
 paper does not report). Each row is measured on fresh trials used for nothing else.
@@ -36,6 +36,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=1, help="number of seeds, 0..S-1 (default 1)")
     parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
     add_budget_arguments(parser)
+    parser.add_argument("--baselines", type=pathlib.Path, default=None,
+                        help="a finished run of experiments/train_specialist.py (or of this script; same task and "
+                             "preset, seeds 0..S-1 among its seeds) whose specialists to start from, untrained here")
     parser.add_argument("--no-figures", action="store_true", help="skip the PNGs and success maps")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
@@ -49,6 +52,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.seeds < 1:
         parser.error("--seeds must be positive")
     args.configs = configure_from_args(parser, args, args.task)
+    args.baseline = None
+    if args.baselines is not None:  # loaded here: a bad run ends before anything is written or compiled
+        from refinery_jax.checkpoints import CheckpointError
+        from refinery_jax.refinery.specialists import load_specialists
+
+        if args.baseline_updates is not None:
+            parser.error("--baselines and --baseline-updates exclude each other (the loaded specialists are trained)")
+        try:
+            args.baseline = load_specialists(args.baselines, range(args.seeds), task=args.task, preset=args.preset)
+        except (ValueError, CheckpointError) as error:
+            parser.error(f"--baselines: {error}")
     return args
 
 
@@ -80,15 +94,17 @@ def main(argv=None) -> None:
 
     config = spec.config
     seeds = list(range(args.seeds))
-    run_id = run_identity(spec, args.task, args.preset, seeds, extra=(comparison_config,))
-    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k != "configs"},
+    loaded = (str(args.baselines.resolve()),) if args.baselines else ()  # loaded specialists are part of the run
+    run_id = run_identity(spec, args.task, args.preset, seeds, extra=(comparison_config,) + loaded)
+    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "baseline")},
                            "ppo": dataclasses.asdict(config), "comparison": dataclasses.asdict(comparison_config),
                            "jax_version": jax.__version__, "device": str(jax.devices()[0])}, resume)
     progress(f"{args.task}, preset {args.preset}, seeds {seeds}, physics backend {config.env.backend}")
 
     k_train, k_compare, k_maps = seed_keys(seeds)
     with ScalarLogger(out) as logger:
-        run = refine_task(spec, comparison_config, k_train, k_compare, out, run_id, resume, progress, logger=logger)
+        run = refine_task(spec, comparison_config, k_train, k_compare, out, run_id, resume, progress, logger=logger,
+                          specialists=args.baseline)
     trainer, evaluate, state, result, table = run
     env = trainer.env
     low, high = env.init_low, env.init_high

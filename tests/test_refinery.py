@@ -395,6 +395,27 @@ def test_fine_tuning_rounds_share_one_compiled_program(tiny):
                                      tiny["comparison"].evaluate), bo)
 
 
+def test_fine_tuning_ignores_the_specialists_curriculum():
+    """A specialist trained with a start-height curriculum (the paper preset) is fine-tuned on
+    the proposals themselves: every episode that starts during a round starts at a proposal,
+    not raised or lowered by the curriculum's offset."""
+    from refinery_jax.ppo.config import CurriculumConfig
+
+    config = dataclasses.replace(TINY_PPO, curriculum=CurriculumConfig(initial=-0.006, minimum=-0.008), num_steps=16)
+    trainer = make_trainer(config)
+    evaluate = make_evaluate(trainer.env, trainer.model, batch_size=16)
+    finetune = make_finetune(dataclasses.replace(TINY.finetune, uniform_share=0.0), trainer, evaluate)
+    state = finetune.init(jax.random.key(0), trainer.init(jax.random.key(1)))
+    state = jax.jit(finetune.record)(state, jnp.zeros((TINY.finetune.eval_points, 3)), jnp.ones(TINY.finetune.eval_points, bool))
+    proposal = jnp.array([0.004, -0.003, 0.03])
+    state = state.replace(history=state.history.replace(proposals=state.history.proposals.at[0].set(proposal)))
+    before = np.asarray(state.train.env_state.info.init)
+    after = np.asarray(jax.jit(finetune.improve)(state).train.env_state.info.init)
+    restarted = np.any(after != before, axis=1)
+    assert restarted.any(), "no episode started during the round: lengthen it"
+    np.testing.assert_array_equal(after[restarted], np.broadcast_to(np.asarray(proposal), after[restarted].shape))
+
+
 def test_a_failed_gp_fit_is_recorded_and_falls_back_visibly(tiny):
     """Non-finite evaluation data (here NaN θ) make the GP's posterior non-finite: the round is
     marked `gp_failed`, its proposals are uniform draws inside the box, and the log says so."""
@@ -492,6 +513,8 @@ def script_main(load_script_main):
     (("--seeds", "0"), "--seeds must be positive"),
     (("--acquisition", "thompson"), "invalid choice: 'thompson'"),
     (("--baseline-updates", "7"), "multiple of the chunk size"),
+    (("--baselines", "/nonexistent"), "holds no specialists"),
+    (("--baselines", "/nonexistent", "--baseline-updates", "10"), "exclude each other"),
 ])
 def test_script_rejects_bad_arguments(script_main, capsys, tmp_path, args, message):
     with pytest.raises(SystemExit) as exc:
@@ -585,3 +608,40 @@ def test_table_without_cell_variance_prints_a_dash_not_nan():
     lines = format_table({"ucb": row, "baseline": {**row, "cell_variance": 0.0012}}).splitlines()
     assert lines[1].split()[5] == "-" and "nan" not in "\n".join(lines)
     assert lines[2].split()[5] == "0.0012"
+
+
+@pytest.mark.slow
+def test_paper_preset_through_every_refinery_script(tmp_path):
+    """The AutoMate-style preset (LSTM actor, imitation reward from disassembly demos,
+    start-height curriculum) on a tiny budget: specialists from experiments/train_specialist.py,
+    loaded (not retrained) by experiments/refinery.py and the acquisition ablation; and
+    experiments/sequence.py training its own per stage."""
+    env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
+
+    def run(script, *args):
+        proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, timeout=5400,
+                              cwd=REPO, env=env)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc
+
+    specialists = tmp_path / "specialists"
+    run(REPO / "experiments" / "train_specialist.py", "--task", "round_peg", "--preset", "paper", "--updates", "50",
+        "--out", str(specialists), "--eval-episodes", "16", "--map-grid", "2", "--map-z", "1", "--map-trials", "1")
+    tiny = ["--eval-trials", "16", "--gmm-inits", "16", "--max-rounds", "2", "--no-figures"]
+    out = tmp_path / "refinery"
+    proc = run(SCRIPT, "--task", "round_peg", "--preset", "paper", "--baselines", str(specialists), "--out", str(out),
+               *tiny)
+    assert "training 1 specialist(s)" not in proc.stdout
+    results = json.loads((out / "results.json").read_text())
+    assert tuple(results["methods"]) == METHODS and results["preset"] == "paper"
+    assert not (out / "specialists").exists(), "loaded specialists must not be retrained"
+    ablation = tmp_path / "ablation"
+    run(ABLATION, "--task", "round_peg", "--preset", "paper", "--baselines", str(specialists), "--out", str(ablation),
+        "--rounds", "2", "--eval-trials", "16", "--acquisitions", "ucb")
+    arms = json.loads((ablation / "results.json").read_text())["arms"]
+    assert set(arms) == {"baseline", "ucb", "uniform"} and "vs_uniform" in arms["ucb"]
+    sequence = tmp_path / "sequence"
+    run(REPO / "experiments" / "sequence.py", "--assembly", "two_pin_plate", "--preset", "paper", "--seeds", "1",
+        "--out", str(sequence), "--baseline-updates", "50", *tiny)
+    assert set(json.loads((sequence / "results.json").read_text())["paper"]) == {"baseline", "deployment", "finetune",
+                                                                                "refinery"}

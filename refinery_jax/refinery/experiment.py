@@ -37,15 +37,19 @@ class TaskRun(NamedTuple):
 
 def refine_task(spec: Preset, comparison_config: ComparisonConfig, train_keys: jax.Array, compare_keys: jax.Array,
                 out: pathlib.Path, run_id: dict, resume: bool, progress: Callable = print,
-                warm_start: Optional[TrainState] = None, logger=None) -> TaskRun:
-    """Specialists ([S] keys `train_keys`, optionally warm-started) → the comparison on `compare_keys`.
+                warm_start: Optional[TrainState] = None, logger=None, specialists: Optional[TrainState] = None) -> TaskRun:
+    """Specialists ([S] keys `train_keys`, optionally warm-started; or given as `specialists`, e.g.
+    `load_specialists` of an experiments/train_specialist.py run) → the comparison on `compare_keys`.
 
     run_id: stored with every checkpoint; a resumed run must match it.
     """
     config = spec.config
     trainer, hparams = build_trainer(spec, progress)
-    baseline = train_specialists(trainer, hparams, train_keys, spec.chunk_updates, out / SPECIALISTS_DIR, run_id,
-                                 resume, progress, warm_start=warm_start, logger=logger)
+    if specialists is None:
+        baseline = train_specialists(trainer, hparams, train_keys, spec.chunk_updates, out / SPECIALISTS_DIR, run_id,
+                                     resume, progress, warm_start=warm_start, logger=logger)
+    else:
+        baseline = specialists
     evaluate = make_evaluate(trainer.env, trainer.model, obs_clip=config.obs_clip)
     comparison = make_comparison(comparison_config, trainer, evaluate)
     cache = stage_cache(out / "stages", run_id, resume, progress)
