@@ -4,9 +4,13 @@
     python experiments/sequence.py --all --preset quick --seeds 2 --out runs/sequences
 
 For every stage NAME/k of the assembly: train the stage's PPO specialists (seeds
-0..S-1, vmapped; optionally warm-started from the specialists of a finished
-experiments/refinery.py run with --init-from) and run the Refinery comparison on that
-stage (Baseline, Deployment, Fine-tune, Refinery, uniform control; each on fresh trials).
+0..S-1, vmapped) and run the Refinery comparison on that stage (Baseline, Deployment,
+Fine-tune, Refinery, uniform control; each on fresh trials). Stage k + 1's specialists
+start from stage k's (the same insertion over one more loose part); stage 0's from a
+finished experiments/train_specialist.py or refinery.py run with --init-from, or from
+scratch. --stage-updates gives each stage its own PPO budget (deep stages need more).
+A stage succeeds only if every loose part is within `EnvConfig.loose_part_tolerance`
+(5 mm) of its assembled pose, in both modes below.
 Then sequence success per method:
 
   paper    trial j of the sequence succeeds iff trial j of every stage does, each stage
@@ -52,8 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     # per stage; --eval-trials is also the chained trials per row, --gmm-inits those fitting the joint GMM
     add_budget_arguments(parser)
     parser.add_argument("--init-from", type=pathlib.Path, default=None,
-                        help="warm-start every stage's specialists from this finished run of "
-                             "experiments/train_specialist.py or experiments/refinery.py")
+                        help="warm-start stage 0's specialists from this finished run of "
+                             "experiments/train_specialist.py or experiments/refinery.py (later stages start "
+                             "from the stage before)")
+    parser.add_argument("--stage-updates", type=int, nargs="+", default=None, metavar="N",
+                        help="PPO updates of each stage's specialists: one per stage, or one for all (instead of "
+                             "--baseline-updates)")
     parser.add_argument("--no-figures", action="store_true", help="skip figures/sequence.png")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the unfinished run(s) in --out")
@@ -77,10 +85,23 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--init-from: {error}")
         args.donor = json.loads((args.init_from / "config.json").read_text())
     args.assemblies = list(multipart_names()) if args.all else [args.assembly]
+    if args.stage_updates is not None and args.baseline_updates is not None:
+        parser.error("--stage-updates and --baseline-updates exclude each other")
     # every stage's settings, checked before anything compiles
-    args.configs = {name: [configure_from_args(parser, args, task) for task in stage_names(name)]
-                    for name in args.assemblies}
+    args.configs = {name: stage_configs(parser, args, name) for name in args.assemblies}
     return args
+
+
+def stage_configs(parser, args, name: str) -> list:
+    """(PPO preset, comparison config) per stage of `name`, with that stage's PPO budget."""
+    tasks = stage_names(name)
+    updates = args.stage_updates or [args.baseline_updates]
+    if len(updates) == 1:
+        updates = updates * len(tasks)
+    if len(updates) != len(tasks):
+        parser.error(f"--stage-updates: {name} has {len(tasks)} stages, got {len(updates)} values")
+    return [configure_from_args(parser, argparse.Namespace(**{**vars(args), "baseline_updates": n}), task)
+            for task, n in zip(tasks, updates)]
 
 
 def run_assembly(name: str, args, out: pathlib.Path, resume: bool) -> dict:
@@ -110,19 +131,22 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, progress, lo
     seeds = list(range(args.seeds))
     comparison_config = configs[0][1]
     donor = None if args.donor is None else args.donor["fingerprint"]  # the warm start's own run, not its path
-    run_id = {"fingerprint": config_fingerprint((configs, seeds, donor)), "assembly": name,
+    # (the tag: stages warm-start from the stage before, which runs before it did not)
+    run_id = {"fingerprint": config_fingerprint((configs, seeds, donor, "chained warm starts")), "assembly": name,
               "preset": args.preset, "seeds": seeds, "backend": configs[0][0].config.env.backend}
     write_run_config(out, {**run_id, "stages": list(tasks),
                            "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "assemblies", "donor", "warm")},
                            "ppo": [dataclasses.asdict(spec.config) for spec, _ in configs],
                            "comparison": dataclasses.asdict(comparison_config)}, resume)
 
-    runs = []
+    runs, warm = [], args.warm
     for k, (task, (spec, comparison)) in enumerate(zip(tasks, configs)):
-        progress(f"=== stage {k + 1}/{len(tasks)}: {task}")
+        source = f", from stage {k}'s specialists" if k else ""
+        progress(f"=== stage {k + 1}/{len(tasks)}: {task} ({spec.config.num_updates} PPO updates{source})")
         train_keys, compare_keys, _ = seed_keys(seeds, stream=k)
         run = refine_task(spec, comparison, train_keys, compare_keys, out / f"stage_{k}", {**run_id, "stage": k},
-                          resume, progress, warm_start=args.warm, logger=logger)
+                          resume, progress, warm_start=warm, logger=logger)
+        warm = run.baseline  # the next stage starts from this stage's specialists
         progress(f"{task}:\n{format_table(run.table)}")
         runs.append(run)
 
@@ -140,18 +164,22 @@ def _run_assembly(name: str, args, out: pathlib.Path, resume: bool, progress, lo
                                             progress)
     chained = {m: chained_summary(r.stage_success, r.sequence_success, r.displacement) for m, r in chained_raw.items()}
     add_sequence_differences(chained, {m: np.asarray(r.sequence_success, bool) for m, r in chained_raw.items()})
-    table = format_sequence_table(paper, chained) + "\n\n" + format_chain_diagnostics(chained)
+    tolerance_mm = 1000 * configs[-1][0].config.env.loose_part_tolerance
+    table = (f"a stage succeeds only with every loose part within {tolerance_mm:g} mm of its assembled pose "
+             f"(both modes)\n" + format_sequence_table(paper, chained) + "\n\n" + format_chain_diagnostics(chained))
     progress(f"{name}: stage and sequence success (fresh trials per row: {comparison_config.eval_trials})\n{table}")
     (out / "table.txt").write_text(table + "\n")
 
     results = {**run_id, "stages": list(tasks), "per_stage": [r.table for r in runs], "paper": paper,
+               "loose_part_tolerance_m": configs[-1][0].config.env.loose_part_tolerance,
                "chained": chained, "eval_trials": comparison_config.eval_trials,
                "joint_model": {"fit_trials": comparison_config.gmm_inits,
                                "fit_sequence_successes_per_seed": [int(m.num_successes) for m in joint_models],
                                "usable_per_seed": [bool(m.usable) for m in joint_models],
                                "components_per_seed": [int(m.gmm.num_components) for m in joint_models]},
                "specialist_env_steps_per_stage": [int(spec.config.total_env_steps) for spec, _ in configs],
-               "warm_start": None if args.init_from is None else str(args.init_from),
+               "warm_start": {"stage_0": None if args.init_from is None else str(args.init_from),
+                              "later_stages": "the stage before"},
                "jax_version": jax.__version__, "device": str(jax.devices()[0]),
                "backend": configs[0][0].config.env.backend, "resumed": resume}
     if not args.no_figures:

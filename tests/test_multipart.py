@@ -188,6 +188,19 @@ def test_displacement_measures_sliding_and_tilting(stage_env):
     assert float(env.prior_part_displacement(slid)) >= 0.002 - 2e-5
 
 
+def test_success_needs_every_loose_part_within_the_tolerance(stage_env):
+    """The plug at its goal is a success only while every loose part is within
+    `loose_part_tolerance` (5 mm) of its assembled pose: a knocked-out part fails the stage."""
+    env, reset = stage_env
+    state = reset(jax.random.key(0), jnp.zeros(3))  # the tip at its goal
+    assert bool(state.success) and env.config.loose_part_tolerance == 0.005
+    adr = int(env._free_qposadr[0])  # noqa: SLF001
+    for shift, expected in ((0.003, True), (0.006, False)):
+        moved = state.physics.replace(qpos=state.physics.qpos.at[adr].add(shift))
+        again = jax.jit(env.advance_clock)(state.replace(physics=moved), 0)
+        assert bool(again.success) == expected, shift
+
+
 def test_scripted_insertion_succeeds_over_loose_parts_without_disturbing_them(scripted):
     assert np.all(scripted["success"][:2]), scripted["success"]
     if scripted["backend"] == "mjx":  # penetration is read from MJX's contacts

@@ -388,6 +388,9 @@ def sequence_main(load_script_main):
     (("--assembly", ASSEMBLY, "--init-from", "/nonexistent"), "holds no specialists"),
     (("--assembly", ASSEMBLY, "--init-from", "EMPTY_DONOR"), "holds no specialists"),
     (("--assembly", ASSEMBLY, "--all"), "not allowed with argument"),
+    (("--assembly", ASSEMBLY, "--stage-updates", "10", "20"), "has 3 stages, got 2 values"),
+    (("--assembly", ASSEMBLY, "--stage-updates", "10", "10", "7"), "multiple of the chunk size"),
+    (("--assembly", ASSEMBLY, "--stage-updates", "10", "--baseline-updates", "10"), "exclude each other"),
     ((), "one of the arguments --assembly --all is required"),
 ])
 def test_sequence_script_rejects_bad_arguments(sequence_main, capsys, tmp_path, args, message):
@@ -419,7 +422,7 @@ def test_sequence_script_end_to_end_and_resume(tmp_path):
     row, the figure; --resume after losing results.json restores every stage and chained row."""
     out = tmp_path / "run"
     args = [sys.executable, str(SCRIPT), "--assembly", ASSEMBLY, "--seeds", "2", "--out", str(out),
-            "--baseline-updates", "10", "--max-rounds", "2", "--eval-trials", "16", "--gmm-inits", "16"]
+            "--stage-updates", "10", "10", "20", "--max-rounds", "2", "--eval-trials", "16", "--gmm-inits", "16"]
     first = subprocess.run(args, capture_output=True, text=True, timeout=7200, cwd=SCRIPT.parents[1])  # ~1 h loaded
     assert first.returncode == 0, first.stderr[-3000:]
     results = json.loads((out / "results.json").read_text())
@@ -430,6 +433,12 @@ def test_sequence_script_end_to_end_and_resume(tmp_path):
         assert len(row["stages"]) == 3 and len(row["sequence"]["per_seed"]) == 2
         assert row["sequence"]["success_mean"] <= min(s["success_mean"] for s in row["stages"]) + 1e-9
     assert pathlib.Path(results["figure"]).exists() and (out / "table.txt").exists()
+    # per-stage budgets, and each stage after the first starts from the stage before
+    batch = results["specialist_env_steps_per_stage"][0] // 10
+    assert results["specialist_env_steps_per_stage"] == [10 * batch, 10 * batch, 20 * batch]
+    assert "(20 PPO updates, from stage 2's specialists)" in first.stdout
+    assert "within 5 mm of its assembled pose" in (out / "table.txt").read_text()
+    assert results["loose_part_tolerance_m"] == 0.005
     (out / "results.json").rename(tmp_path / "first.json")
     again = subprocess.run(args + ["--resume"], capture_output=True, text=True, timeout=3600, cwd=SCRIPT.parents[1])
     assert again.returncode == 0, again.stderr[-3000:]

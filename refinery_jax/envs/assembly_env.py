@@ -13,7 +13,8 @@ success is read at every step and counted at the last one.
 Multi-part stages ("ASSEMBLY/i") run in this same class: the parts assembled in earlier
 stages are free bodies, placed at reset at their assembled poses relative to the
 episode's randomised socket pose; `prior_part_displacement` says how far the stage has
-pushed them. Observation, action and success are those of the 2-part tasks. For chained
+pushed them, and success also needs every loose part within `loose_part_tolerance` (5 mm)
+of its assembled pose. Observation and action are those of the 2-part tasks. For chained
 sequences (`refinery.sequence`), `reset(key, init, start=StageStart(...))` takes the socket
 pose and the loose parts' world poses instead (the previous stage's physical end state);
 without `start` the code path is the one above.
@@ -102,6 +103,10 @@ class EnvConfig:
     # success: tip within this fraction of the depth of the goal, and keypoints aligned
     success_depth_fraction: float = 0.1
     success_keypoint_fraction: float = 0.15
+    # multi-part stages: success also needs every loose part within this of its assembled pose
+    # (largest bounding-box corner displacement, m; `prior_part_displacement`). A part seated in
+    # its 0.5 mm-clearance socket moves well under 5 mm; a tipped or knocked-out one does not.
+    loose_part_tolerance: float = 0.005
     reward_weights: tuple[tuple[str, float], ...] = DEFAULT_REWARD_WEIGHTS
     num_keypoints: int = 4
 
@@ -112,6 +117,8 @@ class EnvConfig:
             raise ValueError(f"1/(control_hz*timestep) = {substeps:.4f} must be a positive integer")
         if abs(steps - round(steps)) > 1e-6:
             raise ValueError(f"control_hz * episode_seconds = {steps} must be an integer")
+        if self.loose_part_tolerance <= 0:
+            raise ValueError(f"loose_part_tolerance must be positive, got {self.loose_part_tolerance}")
         if self.init_height[0] > self.init_height[1] or self.init_xy < 0:
             raise ValueError(f"bad init box: init_xy={self.init_xy}, init_height={self.init_height}")
 
@@ -403,7 +410,8 @@ class AssemblyEnv:
     def _observe(self, d: Physics, info: EpisodeInfo, terminated) -> EnvState:
         c, depth = self.config, self.assembly.depth
         z_err, xy_err, kp_dist = self.goal_errors(d, info)
-        success = (z_err < c.success_depth_fraction * depth) & (kp_dist < c.success_keypoint_fraction * depth)
+        success = ((z_err < c.success_depth_fraction * depth) & (kp_dist < c.success_keypoint_fraction * depth)
+                   & (self.prior_part_displacement(d) <= c.loose_part_tolerance))  # always true without loose parts
         engaged = (z_err < depth) & (xy_err < 2.0 * self.assembly.clearance + 0.002)
         terms = {
             "keypoint_baseline": _squash(kp_dist, 5.0, 4.0),
