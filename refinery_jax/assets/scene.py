@@ -59,6 +59,12 @@ NO_CONTACT = 'contype="0" conaffinity="0" condim="3"'  # explicit-pair scenes: p
 
 LOOSE_PART_SOLIMP = (0.7, 0.95, 0.0002, 0.5, 2.0)  # d0, dmax, width (m), midpoint, power
 PAIR_MARGIN = 0.002  # m: loose parts collide with geoms within this gap of their assembled pose
+# A loose part knocked further than PAIR_MARGIN has no contacts left but this floor, under
+# everything an assembly can occupy (socket at z = 0.05 ± 0.05 m, parts above its origin).
+# Without it such a part fell for the rest of the sequence: the 5.5 m and 127 m
+# "launches" of the keyed_bridge chained table were free falls (1/2 g t² over 1.06 s and
+# then 5 s more; velocities are not carried between stages).
+CATCH_FLOOR_Z = -0.15
 APPROACH_XY = 0.012  # m: the plug collides with what it can reach within this xy offset of its goal
 
 
@@ -219,8 +225,11 @@ def contact_pairs(assembly: TwoPartAssembly, margin: float = PAIR_MARGIN,
 
 def contact_pairs_xml(assembly: TwoPartAssembly) -> str:
     soft = " ".join(f"{v:.7g}" for v in LOOSE_PART_SOLIMP)
-    return "".join(f'<pair geom1="{a}" geom2="{b}"/>' if a.startswith("plug_")
-                   else f'<pair geom1="{a}" geom2="{b}" solimp="{soft}"/>' for a, b in contact_pairs(assembly))
+    pairs = "".join(f'<pair geom1="{a}" geom2="{b}"/>' if a.startswith("plug_")
+                    else f'<pair geom1="{a}" geom2="{b}" solimp="{soft}"/>' for a, b in contact_pairs(assembly))
+    caught = "".join(f'<pair geom1="catch_floor" geom2="{free_part_body_name(j)}_{k}"/>'
+                     for j, part in enumerate(assembly.free_parts) for k in range(len(part.shapes)))
+    return pairs + caught
 
 
 def mesh_assets_xml(shapes) -> str:
@@ -252,7 +261,8 @@ def scene_xml(assembly: TwoPartAssembly, embodiment: str, physics: PhysicsConfig
     if _explicit(assembly):
         pair_default = (f'\n    <pair condim="3" friction="{p.friction} {p.friction} 0.005 0.0001 0.0001" '
                         f'solref="{p.contact_timeconst} {p.contact_dampratio}" solimp="{solimp}"/>')
-        free_bodies = f"\n    {free_parts_xml(assembly)}"
+        free_bodies = (f'\n    <geom name="catch_floor" type="plane" size="2 2 0.01" pos="0 0 {CATCH_FLOOR_Z}" '
+                       f'{NO_CONTACT} group="3"/>\n    {free_parts_xml(assembly)}')
         contact = f"\n  <contact>{contact_pairs_xml(assembly)}</contact>"
         assets = mesh_assets_xml(list(assembly.plug) + list(assembly.socket)
                                  + [s for part in assembly.free_parts for s in part.shapes])
