@@ -52,3 +52,27 @@ def test_ik_reaches_poses_across_the_socket_box(robot):
     assert float(jnp.max(jnp.abs(jax.vmap(axis_angle_error)(quats, quat)))) < 1e-5
     if np.isfinite(chain.low).any():  # the arm's joint limits hold
         assert bool(jnp.all((q >= chain.low - 1e-6) & (q <= chain.high + 1e-6)))
+
+
+@pytest.mark.parametrize("embodiment", ["floating_hand", "franka"])
+def test_reset_reports_the_theta_it_reached(embodiment):
+    """info.init is the θ the plug tip reached at reset (what the success models learn from) and
+    info.ik_residual how far it is from the θ asked for: ~0 over the θ box, large out of reach."""
+    from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+    from refinery_jax.envs.samplers import uniform_box
+
+    env = AssemblyEnv(EnvConfig(embodiment=embodiment))
+    reset = jax.jit(jax.vmap(env.reset))
+    keys = jax.random.split(jax.random.key(0), 32)
+    asked = jax.vmap(uniform_box(env.init_low, env.init_high))(keys)
+    info = reset(keys, asked).info
+    assert float(jnp.max(info.ik_residual)) < 2e-5
+    np.testing.assert_allclose(np.asarray(info.init), np.asarray(asked), atol=2e-5)
+    far = asked.at[:, 2].add(1.5)  # 1.5 m higher: out of the arm's reach (the floating hand has none)
+    info = reset(keys, far).info
+    np.testing.assert_allclose(np.asarray(jnp.linalg.norm(info.init - far, axis=1)), np.asarray(info.ik_residual),
+                               rtol=1e-4, atol=1e-6)
+    if embodiment == "franka":
+        assert float(jnp.min(info.ik_residual)) > 0.3
+    else:
+        assert float(jnp.max(info.ik_residual)) < 2e-5

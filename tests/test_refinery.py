@@ -231,7 +231,7 @@ def test_fit_deployment_eagerly_and_under_jit():
     from refinery_jax.refinery import fit_deployment
 
     low, high = EDGE_BOX
-    evaluate = lambda policy, inits, key: SimpleNamespace(success=inits[:, 0] > policy)  # noqa: E731
+    evaluate = lambda policy, inits, key: SimpleNamespace(inits=inits, success=inits[:, 0] > policy)  # noqa: E731
     eager = fit_deployment(jax.random.key(7), evaluate, 0.0, low, high, num_inits=400)
     jitted = jax.jit(lambda k, p: fit_deployment(k, evaluate, p, low, high, num_inits=400))(jax.random.key(7), 0.0)
     for a, b in zip(jax.tree.leaves(jitted), jax.tree.leaves(eager)):
@@ -395,6 +395,17 @@ def test_fine_tuning_rounds_share_one_compiled_program(tiny):
                                      tiny["comparison"].evaluate), bo)
 
 
+def test_theta_box_is_a_script_option():
+    from refinery_jax.envs.assembly_env import AssemblyEnv
+    from refinery_jax.refinery.presets import configure
+
+    spec, _ = configure("quick", "round_peg", init_xy=0.004, init_height=(0.005, 0.008))
+    env = AssemblyEnv(spec.config.env)
+    depth = env.assembly.depth
+    np.testing.assert_allclose(env.init_low, [-0.004, -0.004, depth + 0.005], rtol=1e-6)
+    np.testing.assert_allclose(env.init_high, [0.004, 0.004, depth + 0.008], rtol=1e-6)
+
+
 def test_fine_tuning_ignores_the_specialists_curriculum():
     """A specialist trained with a start-height curriculum (the paper preset) is fine-tuned on
     the proposals themselves: every episode that starts during a round starts at a proposal,
@@ -413,7 +424,7 @@ def test_fine_tuning_ignores_the_specialists_curriculum():
     after = np.asarray(jax.jit(finetune.improve)(state).train.env_state.info.init)
     restarted = np.any(after != before, axis=1)
     assert restarted.any(), "no episode started during the round: lengthen it"
-    np.testing.assert_array_equal(after[restarted], np.broadcast_to(np.asarray(proposal), after[restarted].shape))
+    np.testing.assert_allclose(after[restarted], np.broadcast_to(np.asarray(proposal), after[restarted].shape), atol=1e-6)
 
 
 def test_a_failed_gp_fit_is_recorded_and_falls_back_visibly(tiny):
@@ -432,13 +443,15 @@ def test_a_failed_gp_fit_is_recorded_and_falls_back_visibly(tiny):
     assert np.all(np.isfinite(proposals)) and np.all((proposals >= low) & (proposals <= high))
     fine = jax.jit(finetune.record)(state, jnp.zeros_like(inits), jnp.ones(TINY.finetune.eval_points, bool))
     assert not bool(fine.history.gp_failed[0])
-    # through the round loop: NaN θ reach the GP (the episodes themselves run from θ = 0)
+    # through the round loop: an evaluator that reports NaN θ reached (the GP learns from those)
     messages = []
-    nan_evaluate = lambda policies, inits, keys: tiny["comparison"].evaluate(policies, jnp.zeros_like(inits), keys)  # noqa: E731
-    broken = finetune._replace(request=lambda s: (jnp.full((TINY.finetune.eval_points, 3), jnp.nan),
-                                                  finetune.request(s)[1]))
+
+    def nan_evaluate(policies, inits, keys):
+        result = tiny["comparison"].evaluate(policies, inits, keys)
+        return result._replace(inits=jnp.full_like(result.inits, jnp.nan))
+
     states = jax.vmap(lambda k, t: finetune.init(k, t, 1))(tiny["keys"], baseline)
-    out = run_rounds(broken, states, nan_evaluate, tiny["trainer"].policy, progress=messages.append)
+    out = run_rounds(finetune, states, nan_evaluate, tiny["trainer"].policy, progress=messages.append)
     assert np.all(np.asarray(out.history.gp_failed[:, 0]))
     assert any("GP fit NOT finite for seed(s) [0, 1]" in m for m in messages)
 
@@ -515,6 +528,8 @@ def script_main(load_script_main):
     (("--baseline-updates", "7"), "multiple of the chunk size"),
     (("--baselines", "/nonexistent"), "holds no specialists"),
     (("--baselines", "/nonexistent", "--baseline-updates", "10"), "exclude each other"),
+    (("--init-xy", "0"), "positive width on every axis"),
+    (("--init-height", "0.02", "0.01"), "bad init box"),
 ])
 def test_script_rejects_bad_arguments(script_main, capsys, tmp_path, args, message):
     with pytest.raises(SystemExit) as exc:

@@ -136,7 +136,9 @@ class EpisodeInfo:
     """Per-episode quantities fixed at reset, plus the step counter and action memory."""
 
     step: jax.Array            # [] int
-    init: jax.Array            # [3] θ this episode started from
+    init: jax.Array            # [3] θ this episode started from: the plug tip's offset from the goal (socket
+                               #     frame) that IK achieved, which success models learn from
+    ik_residual: jax.Array     # [] m: |achieved θ − requested θ| (0 up to rounding for the floating hand)
     goal_pos: jax.Array        # [3] true plug-tip goal position (world)
     goal_quat: jax.Array       # [4] true goal orientation (socket yaw)
     obs_goal_pos: jax.Array    # [3] noisy fingertip-goal position the policy sees
@@ -241,7 +243,8 @@ class AssemblyEnv:
     # ------------------------------------------------------------------ reset
 
     def reset(self, key: jax.Array, init: jax.Array, start: StageStart | None = None) -> EnvState:
-        """Start an episode with the plug tip at goal + θ (socket frame). init: [3].
+        """Start an episode with the plug tip at goal + θ (socket frame). init: [3]. The state's
+        `info.init` is the θ reached (IK may miss), `info.ik_residual` how far it missed.
 
         start: a chained stage's socket pose and loose-part poses (placed exactly as given);
         None (the default) draws the socket pose from `key` and places loose parts assembled.
@@ -277,12 +280,15 @@ class AssemblyEnv:
         q = solve_ik(self.chain, fingertip, start_quat, self._home)
         tip_pos, tip_quat = fingertip_pose(self.chain, q)
         physics = self.physics.init(qpos.at[: self._n].set(q), socket_pos, socket_quat, tip_pos, tip_quat)
+        # the θ the episode really starts from: IK can miss the requested pose (an arm's reach, joint limits)
+        achieved = rotate(socket_quat * jnp.array([1.0, -1.0, -1.0, -1.0]), self.plug_tip(physics) - goal_pos)
 
         obs_pos_noise = jax.random.uniform(k_obs_p, (3,), minval=-c.obs_pos_noise, maxval=c.obs_pos_noise)
         obs_yaw_noise = jax.random.uniform(k_obs_y, (), minval=-c.obs_yaw_noise, maxval=c.obs_yaw_noise)
         info = EpisodeInfo(
             step=jnp.zeros((), jnp.int32),
-            init=init,
+            init=achieved,
+            ik_residual=jnp.linalg.norm(achieved - init),
             goal_pos=goal_pos,
             goal_quat=goal_quat,
             obs_goal_pos=goal_pos + jnp.array([0.0, 0.0, self.assembly.plug_length]) + obs_pos_noise,

@@ -1,7 +1,8 @@
 """`evaluate(policy, inits, key) -> EvalResult`: success over given initial conditions.
 
 The single function the GP and the GMM consume: one fixed-length episode per row of
-`inits` [N, 3] (θ), jitted and batched (a `lax.map` over batches of `batch_size`
+`inits` [N, 3] (θ requested; the result holds the θ reached at reset, which is what
+the GP and the GMM learn from: an arm's IK can miss), jitted and batched (a `lax.map` over batches of `batch_size`
 vmapped episodes, so N is not limited by memory). Success is the environment's
 success flag at the final step of the episode; an episode whose simulation diverged
 (`terminated`) counts as a failure, and its length is the step it diverged. Episodes
@@ -21,6 +22,8 @@ from refinery_jax.ppo.networks import ActorCritic, Policy, policy_actor
 
 
 class EvalResult(NamedTuple):
+    inits: jax.Array     # [N, 3] θ each episode started from: reached by IK, what success models learn from
+    ik_residual: jax.Array  # [N] m, |reached θ − requested θ|
     success: jax.Array   # [N] bool, success at the final step
     returns: jax.Array   # [N] sum of the environment's reward (its own weights) until the episode ended
     lengths: jax.Array   # [N] int, steps until the episode ended (episode_steps unless it diverged)
@@ -38,7 +41,8 @@ def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, o
 
     def episode(policy: Policy, deterministic: jax.Array, key: jax.Array, init: jax.Array):
         out = run_episode(env, actor, (policy, deterministic), key, init, steps=episode_steps)
-        return EvalResult(success=out.success, returns=out.returns, lengths=out.length)
+        return EvalResult(inits=out.state.info.init, ik_residual=out.state.info.ik_residual, success=out.success,
+                          returns=out.returns, lengths=out.length)
 
     @jax.jit
     def evaluate(policy: Policy, inits: jax.Array, key: jax.Array, deterministic=True) -> EvalResult:

@@ -55,7 +55,7 @@ class ComparisonConfig:
 
 
 class FreshEval(NamedTuple):
-    inits: jax.Array    # [N, 3]
+    inits: jax.Array    # [N, 3] θ reached at reset
     success: jax.Array  # [N] bool
     returns: jax.Array  # [N]
 
@@ -135,8 +135,9 @@ def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callabl
         while not bool(np.all(np.asarray(state.done))):
             inits, keys = request(state)
             before = np.asarray(state.rounds)
-            if finetune.config.guided:
-                success = batch_evaluate(policies(state.train), inits, keys).success
+            if finetune.config.guided:  # the GP learns from the θ reached at reset
+                result = batch_evaluate(policies(state.train), inits, keys)
+                inits, success = result.inits, result.success
             else:  # the control evaluates nothing between rounds
                 inits, success = jnp.zeros_like(inits), jnp.zeros(inits.shape[:1] + (e,), bool)
             state = improve(record(state, inits, success))
@@ -146,7 +147,7 @@ def run_rounds(finetune: FineTune, state: FineTuneState, batch_evaluate: Callabl
             scalars = {f"{tag}/train_success": float(np.mean(np.asarray(state.history.train_success)[rows]))}
             if finetune.config.guided:
                 rates = np.asarray(state.history.success_rate)[rows]
-                message += f" | eval success per seed {np.round(rates, 3).tolist()}"
+                message += f" | eval success per seed {np.round(rates.astype(float), 3).tolist()}"
                 scalars[f"{tag}/eval_success"] = float(np.mean(rates))
                 failed = np.flatnonzero(np.asarray(state.history.gp_failed)[rows] & (rounds > before))
                 if failed.size:  # never silent: the run records it, and the log says it
@@ -186,7 +187,7 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
             inits = (uniform_inits(k_uniform, cfg.eval_trials) if model is None
                      else deployment_inits(k_gmm_draw, model, cfg.eval_trials))
             result = c.evaluate(policies(train_state), inits, k_episodes)
-            return FreshEval(inits=inits, success=result.success, returns=result.returns)
+            return FreshEval(inits=result.inits, success=result.success, returns=result.returns)
 
         progress(f"[{name}] {cfg.eval_trials} fresh trials per seed")
         out = cache(f"fresh_{name}", compute, compute)
@@ -199,8 +200,8 @@ def run_comparison(comparison: Comparison, trainer: Trainer, keys: jax.Array, ba
         def compute():
             ks = split(streams[name])
             k_inits, k_eval, k_gmm = ks[:, 0], ks[:, 1], ks[:, 2]
-            inits = uniform_inits(k_inits, cfg.gmm_inits)
-            return fit_model(k_gmm, inits, c.evaluate(policies(train_state), inits, k_eval).success)
+            result = c.evaluate(policies(train_state), uniform_inits(k_inits, cfg.gmm_inits), k_eval)
+            return fit_model(k_gmm, result.inits, result.success)  # the θ reached, not the θ asked for
 
         progress(f"[{name}]")
         return cache(name, compute, compute)

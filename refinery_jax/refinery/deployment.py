@@ -53,7 +53,8 @@ def fit_deployment(key: jax.Array, evaluate: Callable, policy, low, high, num_in
     k_inits, k_eval, k_gmm = jax.random.split(key, 3)
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
     inits = jax.random.uniform(k_inits, (num_inits, low.shape[0]), minval=low, maxval=high)
-    return fit_success_model(k_gmm, inits, evaluate(policy, inits, k_eval).success, low, high, gmm_config)
+    result = evaluate(policy, inits, k_eval)
+    return fit_success_model(k_gmm, result.inits, result.success, low, high, gmm_config)  # the θ reached
 
 
 def fit_success_model(key: jax.Array, inits: jax.Array, success: jax.Array, low, high,

@@ -281,8 +281,9 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
 
     def assess(state: FineTuneState) -> FineTuneState:
         inits, k_eval = request(state)
-        if config.guided:
-            success = evaluate(trainer.policy(state.train), inits, k_eval).success
+        if config.guided:  # the GP learns from the θ reached at reset
+            result = evaluate(trainer.policy(state.train), inits, k_eval)
+            inits, success = result.inits, result.success
         else:
             inits, success = jnp.zeros_like(inits), jnp.zeros(e, bool)
         return record(state, inits, success)

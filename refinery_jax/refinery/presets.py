@@ -28,13 +28,21 @@ def comparison_preset(name: str, acquisition: str = "ucb") -> ComparisonConfig:
 
 def configure(name: str, task: str, acquisition: str = "ucb", selection: str = "argmax",
               baseline_updates: Optional[int] = None, max_rounds: Optional[int] = None,
-              eval_trials: Optional[int] = None, gmm_inits: Optional[int] = None, backend: str = "auto"):
+              eval_trials: Optional[int] = None, gmm_inits: Optional[int] = None, backend: str = "auto",
+              init_xy: Optional[float] = None, init_height: Optional[tuple[float, float]] = None):
     """(PPO `Preset`, `ComparisonConfig`) of preset `name` for `task` on physics `backend`, with
-    the experiment scripts' overrides (None keeps the preset's value). Raises ValueError on bad
-    values, before anything is compiled."""
+    the experiment scripts' overrides (None keeps the preset's value; `init_xy` and
+    `init_height` set the θ box, m). Raises ValueError on bad values, before anything is compiled."""
     from refinery_jax.ppo.presets import preset
 
     spec = preset(name, task, backend)
+    box = {k: v for k, v in (("init_xy", init_xy), ("init_height", init_height)) if v is not None}
+    if box:  # EnvConfig validates the box
+        env = dataclasses.replace(spec.config.env, **{k: tuple(v) if k == "init_height" else v for k, v in box.items()})
+        if not (env.init_xy > 0 and env.init_height[0] < env.init_height[1]):  # the GP and GMM normalise by it
+            raise ValueError(f"the θ box needs a positive width on every axis: --init-xy {env.init_xy}, "
+                             f"--init-height {env.init_height[0]} {env.init_height[1]}")
+        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, env=env))
     if baseline_updates is not None:
         if baseline_updates < 1 or baseline_updates % spec.chunk_updates:
             raise ValueError(f"baseline updates must be a positive multiple of the chunk size {spec.chunk_updates}")
@@ -86,6 +94,10 @@ def add_budget_arguments(parser) -> None:
     parser.add_argument("--max-rounds", type=int, default=None, help="override the preset's fine-tuning rounds")
     parser.add_argument("--eval-trials", type=int, default=None, help="override the 1000 fresh trials per row")
     parser.add_argument("--gmm-inits", type=int, default=None, help="override N = 1000 of Algorithm 2")
+    parser.add_argument("--init-xy", type=float, default=None, metavar="M",
+                        help="θ box: the plug tip starts within ±M metres of its goal in x and y (default 0.01)")
+    parser.add_argument("--init-height", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="θ box: the tip starts LOW..HIGH metres above the socket's top face (default 0.01 0.02)")
 
 
 def configure_from_args(parser, args, task: str):
@@ -96,6 +108,7 @@ def configure_from_args(parser, args, task: str):
             parser.error(f"--{name.replace('_', '-')} must be positive")
     try:
         return configure(args.preset, task, args.acquisition, args.selection,
-                         *(getattr(args, name) for name in BUDGET_OPTIONS), backend=args.backend)
+                         *(getattr(args, name) for name in BUDGET_OPTIONS), backend=args.backend,
+                         init_xy=args.init_xy, init_height=args.init_height)
     except ValueError as error:
         parser.error(str(error))

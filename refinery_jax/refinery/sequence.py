@@ -145,13 +145,14 @@ class ChainResult(NamedTuple):
     sequence_success: np.ndarray  # [N] bool: every stage did
     displacement: np.ndarray      # [K, N] m: largest loose-part displacement from assembled, over stage k's episode
                                   # (NaN where trial j did not reach stage k)
-    inits: np.ndarray             # [K, N, 3] the θ each stage started from
+    inits: np.ndarray             # [K, N, 3] the θ each stage started from (reached at reset; asked for where the
+                                  # chain did not reach the stage)
 
 
 def _stage_runner(stage: ChainStage):
     def episode(params, key, init, start):
         out = run_episode(stage.env, stage.actor, params, key, init, start, stage.steps)
-        return out.state, out.success, out.displacement
+        return out.state, out.success, out.displacement, out.state.info.init
 
     return episode
 
@@ -208,6 +209,7 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
         keys = jax.vmap(lambda k: jax.random.split(k, n))(jax.random.split(key, n_stages))
         success = np.zeros((n_stages, n), bool)
         moved = np.full((n_stages, n), np.nan, np.float32)
+        reached = np.array(inits)  # overwritten with the θ reached wherever a stage ran
         going, start = np.arange(n), None  # the chains still going and their starts, in step
         for k in range(n_stages):
             if going.size == 0:  # every chain has failed: the later (slowest) stages are not run
@@ -215,25 +217,27 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
             m = going.size
             # whole batches (one compiled shape), padded with copies of the first chain still going
             slots = np.concatenate([np.arange(m), np.zeros(-m % batch_size, int)])
-            oks, disps, hand_off = [], [], []
+            oks, disps, thetas, hand_off = [], [], [], []
             for b in range(0, len(slots), batch_size):
                 batch = slots[b: b + batch_size]  # positions in `going` (and in `start`)
                 args = (params[k], keys[k, going[batch]], inits[k, going[batch]])
                 if start is not None:
                     args += (jax.tree.map(lambda x: x[batch], start),)
-                state, ok, disp = runs[k](*args)
+                state, ok, disp, theta = runs[k](*args)
                 oks.append(np.asarray(ok))
                 disps.append(np.asarray(disp))
+                thetas.append(np.asarray(theta))
                 if k + 1 < n_stages:
                     hand_off.append(hand_offs[k](state))
             ok = np.concatenate(oks)[:m]
             success[k, going] = ok
             moved[k, going] = np.concatenate(disps)[:m]
+            reached[k, going] = np.concatenate(thetas)[:m]
             if k + 1 < n_stages:
                 start = jax.tree.map(lambda *x: jnp.concatenate(x)[:m][ok], *hand_off)
             going = going[ok]
         return ChainResult(stage_success=success, sequence_success=sequence_outcomes(success), displacement=moved,
-                           inits=np.asarray(inits))
+                           inits=reached)
 
     return evaluate
 
