@@ -142,7 +142,7 @@ def main(argv=None) -> None:
     k_fresh = k_arms[:, -1]
 
     batch_evaluate, policies = jax.jit(jax.vmap(evaluate)), jax.jit(jax.vmap(trainer.policy))
-    draw = jax.jit(jax.vmap(lambda k: jax.random.uniform(k, (args.eval_trials, 3), minval=low, maxval=high)))
+    draw = jax.jit(jax.vmap(lambda k: jax.random.uniform(k, (args.eval_trials, len(low)), minval=low, maxval=high)))
 
     def fresh_success(train_states, keys):
         """Every arm is evaluated on the same fresh θ and episode keys (paired comparison)."""

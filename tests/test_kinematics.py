@@ -76,3 +76,27 @@ def test_reset_reports_the_theta_it_reached(embodiment):
         assert float(jnp.min(info.ik_residual)) > 0.3
     else:
         assert float(jnp.max(info.ik_residual)) < 2e-5
+
+
+def test_theta_with_yaw_sets_the_plug_yaw():
+    """With `theta_yaw`, θ = (x, y, z, yaw): the plug starts at exactly that yaw relative to the
+    socket (reported back in info.init); without it the yaw is a nuisance drawn from the key."""
+    from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+    from refinery_jax.envs.rotations import quat_mul, quat_yaw
+
+    env = AssemblyEnv(EnvConfig(theta_yaw=True))
+    assert env.theta_size == 4 and env.init_high[3] == pytest.approx(np.radians(5.0))
+    keys = jax.random.split(jax.random.key(1), 8)
+    theta = jnp.tile(jnp.asarray(0.5 * (env.init_low + env.init_high)), (8, 1)).at[:, 3].set(jnp.linspace(-0.08, 0.08, 8))
+    states = jax.jit(jax.vmap(env.reset))(keys, theta)
+    socket_inverse = states.physics.socket_quat * jnp.array([1.0, -1.0, -1.0, -1.0])
+    yaw = jax.vmap(lambda a, b: quat_yaw(quat_mul(a, b)))(socket_inverse, states.physics.tip_quat)
+    np.testing.assert_allclose(np.asarray(yaw), np.asarray(theta[:, 3]), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(states.info.init), np.asarray(theta), atol=2e-5)
+    with pytest.raises(ValueError, match=r"shape \(4,\)"):
+        env.reset(keys[0], theta[0, :3])
+    plain = AssemblyEnv(EnvConfig())
+    states = jax.jit(jax.vmap(plain.reset))(keys, theta[:, :3])
+    socket_inverse = states.physics.socket_quat * jnp.array([1.0, -1.0, -1.0, -1.0])
+    yaw = np.asarray(jax.vmap(lambda a, b: quat_yaw(quat_mul(a, b)))(socket_inverse, states.physics.tip_quat))
+    assert np.ptp(yaw) > 0.02 and np.all(np.abs(yaw) <= np.radians(5.0) + 1e-5)

@@ -660,3 +660,30 @@ def test_paper_preset_through_every_refinery_script(tmp_path):
         "--out", str(sequence), "--baseline-updates", "50", *tiny)
     assert set(json.loads((sequence / "results.json").read_text())["paper"]) == {"baseline", "deployment", "finetune",
                                                                                 "refinery"}
+
+
+@pytest.mark.slow
+def test_comparison_with_yaw_in_theta(tmp_path):
+    """θ = (x, y, z, yaw): the whole comparison, its table, saved arrays and figures run on
+    4-D initial conditions, and the rows and proposals carry the yaw."""
+    from refinery_jax.refinery.plots import draw_run_figures
+
+    config = dataclasses.replace(TINY_PPO, env=dataclasses.replace(TINY_PPO.env, theta_yaw=True))
+    trainer = make_trainer(config)
+    evaluate = make_evaluate(trainer.env, trainer.model, batch_size=16)
+    keys = jax.random.split(jax.random.key(0), 2)
+    baseline = jax.vmap(p_controller)(jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, default_hyperparams(config)))
+    result = run_comparison(make_comparison(TINY, trainer, evaluate), trainer, keys, baseline, progress=lambda m: None)
+    low, high = trainer.env.init_low, trainer.env.init_high
+    assert low.shape == (4,)
+    table = comparison_table(result, low, high)
+    assert tuple(table) == METHODS and all(0 <= row["success_mean"] <= 1 for row in table.values())
+    for method in METHODS:
+        inits = np.asarray(result.fresh[method].inits)
+        assert inits.shape == (2, TINY.eval_trials, 4) and np.ptp(inits[..., 3]) > 0.01
+    proposals = np.asarray(result.finetune.history.proposals)
+    assert proposals.shape[-1] == 4 and np.all((proposals[..., 3] >= low[3]) & (proposals[..., 3] <= high[3]))
+    arrays = pack_arrays(result, low, high)
+    save_run(tmp_path, {"task": "round_peg", "seeds": [0, 1], "eval_trials": TINY.eval_trials, "methods": table}, arrays)
+    figures = draw_run_figures(load_run(tmp_path), tmp_path / "figures", "round_peg")
+    assert figures and all(pathlib.Path(f).exists() for f in figures.values())

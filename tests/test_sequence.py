@@ -312,7 +312,7 @@ def test_joint_selection_finds_what_independent_stages_cannot(diagonal_chains):
     model = fit_joint_model(jax.random.key(1), inits, success, lows, highs)
     assert bool(model.usable) and int(model.num_successes) == success.sum()
     pick = DeploymentConfig(selection="random")  # a GMM sample each (argmax would pick one mode per stage)
-    sample = joint_sampler(model, pick)
+    sample = joint_sampler(model, 3, pick)
     chosen = np.asarray(jax.vmap(sample)(jax.random.split(jax.random.key(2), 300)))  # [300, K, 3]
     assert chosen.shape == (300, 2, 3)
     for k in range(2):  # stage order kept: each stage's θ in its own box
@@ -333,7 +333,7 @@ def test_joint_model_needs_more_successes_than_dimensions(diagonal_chains):
     few[np.flatnonzero(success)[:6]] = True  # 6 successes < 3K + 1 = 7
     model = fit_joint_model(jax.random.key(1), inits, few, lows, highs)
     assert not bool(model.usable)
-    chosen = np.asarray(jax.vmap(joint_sampler(model))(jax.random.split(jax.random.key(2), 500)))
+    chosen = np.asarray(jax.vmap(joint_sampler(model, 3))(jax.random.split(jax.random.key(2), 500)))
     assert chosen[:, 1, 0].std() > 0.8 * 0.02 / np.sqrt(12)  # the uniform fallback, not a point
 
 

@@ -41,7 +41,7 @@ from refinery_jax.envs import control
 from refinery_jax.envs.control import ControlConfig
 from refinery_jax.envs.kinematics import chain_from_model, fingertip_pose, solve_ik
 from refinery_jax.envs.physics import Physics, PhysicsSpec, make_backend, resolve_backend
-from refinery_jax.envs.rotations import canonical, quat_mul, rotate, yaw_quat
+from refinery_jax.envs.rotations import canonical, quat_mul, quat_yaw, rotate, yaw_quat
 
 # Loose part j (0-based, insertion order) starts this much times (j + 1) below its assembled pose,
 # so that every resting contact penetrates from the first step: MJX's box-box collision ignores
@@ -93,6 +93,9 @@ class EnvConfig:
     # θ box (the reset distribution's support): tip offset from the goal, socket frame (m)
     init_xy: float = 0.01                         # ±x, ±y
     init_height: tuple[float, float] = (0.01, 0.02)  # tip height above the socket's top face
+    # θ_yaw: the plug's yaw error (±init_yaw_noise) is a 4th coordinate of θ, chosen like the
+    # position (the paper's GMM input includes orientation), instead of a nuisance drawn from the key
+    theta_yaw: bool = False
     # nuisances drawn from the key at each reset
     init_yaw_noise: float = math.radians(5.0)     # plug yaw error (±rad, uniform)
     socket_pos_noise: tuple[float, float, float] = (0.05, 0.05, 0.05)
@@ -136,8 +139,8 @@ class EpisodeInfo:
     """Per-episode quantities fixed at reset, plus the step counter and action memory."""
 
     step: jax.Array            # [] int
-    init: jax.Array            # [3] θ this episode started from: the plug tip's offset from the goal (socket
-                               #     frame) that IK achieved, which success models learn from
+    init: jax.Array            # [3] (or [4]) θ this episode started from: the plug tip's offset from the goal
+                               #     (socket frame; and the plug's yaw) that IK achieved, which success models learn from
     ik_residual: jax.Array     # [] m: |achieved θ − requested θ| (0 up to rounding for the floating hand)
     goal_pos: jax.Array        # [3] true plug-tip goal position (world)
     goal_quat: jax.Array       # [4] true goal orientation (socket yaw)
@@ -227,14 +230,21 @@ class AssemblyEnv:
     # ------------------------------------------------------------------ spaces
 
     @property
+    def theta_size(self) -> int:
+        """3 (tip offset x, y, z) or 4 (and the plug's yaw error, rad) with `theta_yaw`."""
+        return 4 if self.config.theta_yaw else 3
+
+    @property
     def init_low(self) -> np.ndarray:
         c, d = self.config, self.assembly.depth
-        return np.array([-c.init_xy, -c.init_xy, d + c.init_height[0]], dtype=np.float32)
+        return np.array([-c.init_xy, -c.init_xy, d + c.init_height[0], -c.init_yaw_noise][: self.theta_size],
+                        dtype=np.float32)
 
     @property
     def init_high(self) -> np.ndarray:
         c, d = self.config, self.assembly.depth
-        return np.array([c.init_xy, c.init_xy, d + c.init_height[1]], dtype=np.float32)
+        return np.array([c.init_xy, c.init_xy, d + c.init_height[1], c.init_yaw_noise][: self.theta_size],
+                        dtype=np.float32)
 
     observation_size = POLICY_OBS_SIZE
     critic_observation_size = CRITIC_OBS_SIZE
@@ -249,8 +259,9 @@ class AssemblyEnv:
         start: a chained stage's socket pose and loose-part poses (placed exactly as given);
         None (the default) draws the socket pose from `key` and places loose parts assembled.
         """
-        if init.shape != (3,):
-            raise ValueError(f"init must have shape (3,) (plug-tip offset from the goal), got {init.shape}")
+        if init.shape != (self.theta_size,):
+            raise ValueError(f"init must have shape ({self.theta_size},) (plug-tip offset from the goal"
+                             f"{', plug yaw' if self.config.theta_yaw else ''}), got {init.shape}")
         c = self.config
         k_sock, k_syaw, k_yaw, k_obs_p, k_obs_y, k_frame = jax.random.split(key, 6)
         if start is None:
@@ -267,9 +278,12 @@ class AssemblyEnv:
         goal_pos = socket_pos + rotate(socket_quat, jnp.asarray(self.assembly.goal_in_socket, jnp.float32))
         goal_quat = socket_quat
 
-        plug_yaw = jax.random.uniform(k_yaw, (), minval=-c.init_yaw_noise, maxval=c.init_yaw_noise)
+        if c.theta_yaw:
+            plug_yaw = init[3]
+        else:
+            plug_yaw = jax.random.uniform(k_yaw, (), minval=-c.init_yaw_noise, maxval=c.init_yaw_noise)
         start_quat = quat_mul(socket_quat, yaw_quat(plug_yaw))
-        tip = goal_pos + rotate(socket_quat, init)
+        tip = goal_pos + rotate(socket_quat, init[:3])
         fingertip = tip + jnp.array([0.0, 0.0, self.assembly.plug_length])
 
         qpos = self._qpos0
@@ -281,7 +295,10 @@ class AssemblyEnv:
         tip_pos, tip_quat = fingertip_pose(self.chain, q)
         physics = self.physics.init(qpos.at[: self._n].set(q), socket_pos, socket_quat, tip_pos, tip_quat)
         # the θ the episode really starts from: IK can miss the requested pose (an arm's reach, joint limits)
-        achieved = rotate(socket_quat * jnp.array([1.0, -1.0, -1.0, -1.0]), self.plug_tip(physics) - goal_pos)
+        socket_inverse = socket_quat * jnp.array([1.0, -1.0, -1.0, -1.0])
+        achieved = rotate(socket_inverse, self.plug_tip(physics) - goal_pos)
+        if c.theta_yaw:
+            achieved = jnp.append(achieved, quat_yaw(quat_mul(socket_inverse, tip_quat)))
 
         obs_pos_noise = jax.random.uniform(k_obs_p, (3,), minval=-c.obs_pos_noise, maxval=c.obs_pos_noise)
         obs_yaw_noise = jax.random.uniform(k_obs_y, (), minval=-c.obs_yaw_noise, maxval=c.obs_yaw_noise)

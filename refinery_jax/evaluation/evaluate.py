@@ -47,8 +47,8 @@ def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, o
     @jax.jit
     def evaluate(policy: Policy, inits: jax.Array, key: jax.Array, deterministic=True) -> EvalResult:
         inits = jnp.asarray(inits, jnp.float32)
-        if inits.ndim != 2 or inits.shape[1] != 3:
-            raise ValueError(f"inits must be [N, 3] initial conditions θ, got shape {inits.shape}")
+        if inits.ndim != 2 or inits.shape[1] != env.theta_size:
+            raise ValueError(f"inits must be [N, {env.theta_size}] initial conditions θ, got shape {inits.shape}")
         n = inits.shape[0]
         keys = jax.random.split(key, n)
         deterministic = jnp.asarray(deterministic, bool)
@@ -58,7 +58,7 @@ def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, o
         # pad to whole batches (one compiled batch shape, no remainder path), then drop the padding
         pad = -n % batch_size
         keys, inits = (jnp.concatenate([x, x[:pad]]) for x in (keys, inits))
-        out = jax.lax.map(lambda xs: run(*xs), (keys.reshape(-1, batch_size), inits.reshape(-1, batch_size, 3)))
+        out = jax.lax.map(lambda xs: run(*xs), (keys.reshape(-1, batch_size), inits.reshape(-1, batch_size, inits.shape[1])))
         return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], out)
 
     return evaluate

@@ -28,9 +28,10 @@ class SuccessMap:
 
 
 def grid_inits(low, high, nx: int, ny: int, nz: int, trials: int):
-    """Cell centres of an nx x ny x nz grid over [low, high] and inits [nz*ny*nx*trials, 3].
+    """Cell centres of an nx x ny x nz grid over [low, high] and inits [nz*ny*nx*trials, d].
 
-    With nz = 1 the single slice sits at the middle of the z range.
+    With nz = 1 the single slice sits at the middle of the z range. Coordinates after z
+    (θ_yaw) sit at the middle of their range.
     """
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
 
@@ -41,6 +42,7 @@ def grid_inits(low, high, nx: int, ny: int, nz: int, trials: int):
     x, y, z = centres(low[0], high[0], nx), centres(low[1], high[1], ny), centres(low[2], high[2], nz)
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
     cells = np.stack([xx, yy, zz], axis=-1).reshape(-1, 3)
+    cells = np.concatenate([cells, np.broadcast_to(0.5 * (low[3:] + high[3:]), (len(cells), len(low) - 3))], axis=1)
     return x, y, z, np.repeat(cells, trials, axis=0).astype(np.float32)
 
 

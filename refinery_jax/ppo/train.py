@@ -161,7 +161,7 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         """The reset distribution, raised by the curriculum's height offset (when there is a curriculum)."""
         if config.curriculum is None:
             return sampler
-        return lambda key: sampler(key) + jnp.array([0.0, 0.0, 1.0]) * offset
+        return lambda key: sampler(key).at[2].add(offset)  # θ_z (θ may carry a yaw after it)
 
     def critic_input(states: EnvState):
         return states.critic_obs if config.asymmetric_critic else states.obs

@@ -88,7 +88,8 @@ def deployment_sampler(model: DeploymentModel, config: DeploymentConfig = Deploy
 
 
 def concentration(inits, low, high) -> dict:
-    """How concentrated chosen initial conditions [N, 3] are, relative to the uniform box."""
+    """How concentrated chosen initial conditions [N, d] are, relative to the uniform box ("_mm"
+    entries are 1000 x θ: millimetres, and milliradians for θ_yaw)."""
     inits, low, high = np.asarray(inits, np.float64), np.asarray(low, np.float64), np.asarray(high, np.float64)
     std = inits.std(axis=0)
     uniform_std = (high - low) / np.sqrt(12.0)

@@ -98,9 +98,9 @@ class FineTuneHistory:
     """Per-round record; rows at and after `FineTuneState.rounds` are unused (zeros)."""
 
     success_rate: jax.Array   # [R] success on the round's evaluation points
-    eval_inits: jax.Array     # [R, E, 3] evaluated θ
+    eval_inits: jax.Array     # [R, E, d] evaluated θ (reached at reset; d = 3, or 4 with θ_yaw)
     eval_success: jax.Array   # [R, E] bool outcomes
-    proposals: jax.Array      # [R, q, 3] θ' for that round's resets (zeros for the control)
+    proposals: jax.Array      # [R, q, d] θ' for that round's resets (zeros for the control)
     gp_params: GPParams       # [R] fitted hyper-parameters (zeros for the control)
     gp_failed: jax.Array      # [R] bool: the GP's posterior or proposals were not finite; proposals uniform
     stop_span: jax.Array      # [R] the span the last `window` rates had to stay within (0 before `window` rounds)
@@ -124,7 +124,7 @@ class FineTuneState:
 class FineTune(NamedTuple):
     config: FineTuneConfig
     init: Callable[..., FineTuneState]
-    request: Callable                 # state -> (θ [E, 3], key): what this round evaluates
+    request: Callable                 # state -> (θ [E, d], key): what this round evaluates
     record: Callable                  # (state, θ, success [E]) -> state: model, propose, rounds += 1
     assess: Callable[[FineTuneState], FineTuneState]  # record(state, evaluate(request(state)))
     improve: Callable[[FineTuneState], FineTuneState]
@@ -165,7 +165,7 @@ def has_converged(success_rates: jax.Array, count: jax.Array, window: int, toler
 
 
 def gp_data(eval_inits: jax.Array, eval_success: jax.Array, r: jax.Array, rounds: int, decay: float):
-    """The GP's data at round r: θ [K·E, 3], outcomes [K·E] and weights [K·E] of rounds r, r − 1,
+    """The GP's data at round r: θ [K·E, d], outcomes [K·E] and weights [K·E] of rounds r, r − 1,
     ..., r − K + 1 (K = `rounds`) from the history [R, E, ...]; round r − a has weight
     decay ** a, and rounds before 0 weight 0 (padding)."""
     ages = jnp.arange(rounds)
@@ -177,7 +177,7 @@ def gp_data(eval_inits: jax.Array, eval_success: jax.Array, r: jax.Array, rounds
 
 
 def proposal_sampler(proposals: jax.Array, low, high, uniform_share) -> Sampler:
-    """`key -> init [3]`: a uniformly chosen proposal, or with probability `uniform_share` a uniform θ."""
+    """`key -> init [d]`: a uniformly chosen proposal, or with probability `uniform_share` a uniform θ."""
     low, high = jnp.asarray(low, jnp.float32), jnp.asarray(high, jnp.float32)
 
     def sample(key):
@@ -199,7 +199,7 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
     low, high = jnp.asarray(env.init_low), jnp.asarray(env.init_high)
     # a constant learning rate, and no curriculum: resets come from the proposals exactly
     ppo_config = dataclasses.replace(trainer.config, anneal_lr=False, curriculum=None)
-    q, e, r_max = config.proposal.q, config.eval_points, config.max_rounds
+    q, e, r_max, d = config.proposal.q, config.eval_points, config.max_rounds, low.shape[0]
     acq = AcquisitionParams(beta=config.acquisition[0], xi=config.acquisition[1])
 
     def init(key: jax.Array, train_state: TrainState, max_rounds=None) -> FineTuneState:
@@ -210,10 +210,10 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
         # come back strong from the first round and make the second compile again
         train_state = jax.tree.map(lambda a: a if jnp.issubdtype(a.dtype, jax.dtypes.prng_key) else a.astype(a.dtype),
                                    train_state)
-        gp_zeros = jax.tree.map(lambda s: jnp.zeros((r_max,) + s.shape, jnp.float32), _gp_params_template(config))
+        gp_zeros = jax.tree.map(lambda s: jnp.zeros((r_max,) + s.shape, jnp.float32), _gp_params_template(config, d))
         history = FineTuneHistory(
-            success_rate=jnp.zeros(r_max), eval_inits=jnp.zeros((r_max, e, 3)), eval_success=jnp.zeros((r_max, e), bool),
-            proposals=jnp.zeros((r_max, q, 3)), gp_params=gp_zeros, gp_failed=jnp.zeros(r_max, bool),
+            success_rate=jnp.zeros(r_max), eval_inits=jnp.zeros((r_max, e, d)), eval_success=jnp.zeros((r_max, e), bool),
+            proposals=jnp.zeros((r_max, q, d)), gp_params=gp_zeros, gp_failed=jnp.zeros(r_max, bool),
             stop_span=jnp.zeros(r_max), trained=jnp.zeros(r_max, bool),
             env_steps=jnp.zeros(r_max, jnp.int32), train_success=jnp.zeros(r_max))
         return FineTuneState(train=train_state, key=key, rounds=jnp.zeros((), jnp.int32),
@@ -226,9 +226,9 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
         return (k_next,) + tuple(jax.random.split(k_round, 4))  # next, inits, episodes, GP, proposals
 
     def request(state: FineTuneState):
-        """(θ [E, 3], episode key) this round evaluates the policy on."""
+        """(θ [E, d], episode key) this round evaluates the policy on."""
         _, k_inits, k_eval, _, _ = round_keys(state)
-        return jax.random.uniform(k_inits, (e, 3), minval=low, maxval=high), k_eval
+        return jax.random.uniform(k_inits, (e, d), minval=low, maxval=high), k_eval
 
     def record_round(state: FineTuneState, inits, success) -> FineTuneState:
         r, h = state.rounds, state.history
@@ -240,15 +240,15 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
             proposals = propose(k_prop, gp, low, high, config.proposal, acq)
             failed = ~(jnp.all(jnp.isfinite(gp.alpha)) & jnp.all(jnp.isfinite(gp.chol))
                        & jnp.all(jnp.isfinite(proposals)))
-            fallback = jax.random.uniform(k_prop, (q, 3), minval=low, maxval=high)
+            fallback = jax.random.uniform(k_prop, (q, d), minval=low, maxval=high)
             proposals = jnp.where(failed, fallback, proposals)
             gp_params = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), gp.params)
             rates = h.success_rate.at[r].set(jnp.mean(success))
             span, allowed = stop_span(rates, r + 1, config.window, config.tolerance, e)
             converged = (r + 1 >= config.window) & (span <= allowed)
         else:  # the control: nothing was evaluated, nothing to model
-            gp_params = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), _gp_params_template(config))
-            proposals, rates, converged = jnp.zeros((q, 3)), h.success_rate, jnp.zeros((), bool)
+            gp_params = jax.tree.map(lambda s: jnp.zeros(s.shape, jnp.float32), _gp_params_template(config, d))
+            proposals, rates, converged = jnp.zeros((q, d)), h.success_rate, jnp.zeros((), bool)
             failed, allowed = jnp.zeros((), bool), jnp.zeros(())
         steps_so_far = jnp.where(r > 0, h.env_steps[jnp.maximum(r - 1, 0)], 0)
         history = h.replace(
@@ -312,8 +312,8 @@ def share_programs(finetune: FineTune, like: FineTune) -> FineTune:
     return finetune._replace(improve=like.improve)
 
 
-def _gp_params_template(config: FineTuneConfig) -> GPParams:
-    """The shapes (`jax.ShapeDtypeStruct`s) of the GPParams `fit_gp` returns for 3-D inputs."""
-    x = jnp.zeros((2, 3))
-    return jax.eval_shape(lambda: fit_gp(jax.random.key(0), x, jnp.zeros(2), -jnp.ones(3), jnp.ones(3),
+def _gp_params_template(config: FineTuneConfig, d: int) -> GPParams:
+    """The shapes (`jax.ShapeDtypeStruct`s) of the GPParams `fit_gp` returns for d-D inputs."""
+    x = jnp.zeros((2, d))
+    return jax.eval_shape(lambda: fit_gp(jax.random.key(0), x, jnp.zeros(2), -jnp.ones(d), jnp.ones(d),
                                          config=config.gp).params)

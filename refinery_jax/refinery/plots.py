@@ -32,6 +32,13 @@ def _grid(low, high, n):
     return xs, ys, xx, yy
 
 
+def _slice_points(xx, yy, z, low, high) -> np.ndarray:
+    """θ [n², d] of an x-y grid at θ_z = z; any further coordinates (θ_yaw) at the box's middle."""
+    low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
+    rest = np.broadcast_to(0.5 * (low[3:] + high[3:]), (xx.size, len(low) - 3))
+    return np.concatenate([np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], axis=1), rest], axis=1)
+
+
 def _extent(low, high):
     return [MM * low[0], MM * high[0], MM * low[1], MM * high[1]]
 
@@ -42,7 +49,7 @@ def gp_maps(params: GPParams, x, y, low, high, z_values, n: int = 41):
     _, _, xx, yy = _grid(low, high, n)
     means, stds = [], []
     for z in z_values:
-        query = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], axis=1).astype(np.float32)
+        query = _slice_points(xx, yy, z, low, high).astype(np.float32)
         mu, sd = posterior(state, jnp.asarray(query))
         means.append(np.asarray(mu).reshape(n, n))
         stds.append(np.asarray(sd).reshape(n, n))
@@ -81,11 +88,11 @@ def plot_gp(params: GPParams, x, y, low, high, path, proposals=None, title: str 
 
 
 def gmm_density_map(gmm: GMMParams, low, high, z, n: int = 61):
-    """Log density [n, n] over θ (per m³) on an x-y grid at θ_z = z, of a GMM fitted in the unit
-    box of [low, high] (`deployment.fit_success_model`)."""
+    """Log density [n, n] over θ on an x-y grid at θ_z = z (θ_yaw, if any, at the box's middle),
+    of a GMM fitted in the unit box of [low, high] (`deployment.fit_success_model`)."""
     low, high = np.asarray(low, np.float64), np.asarray(high, np.float64)
     _, _, xx, yy = _grid(low, high, n)
-    query = np.stack([xx.ravel(), yy.ravel(), np.full(xx.size, z)], axis=1)
+    query = _slice_points(xx, yy, z, low, high)
     u = ((query - low) / (high - low)).astype(np.float32)
     log_p = np.asarray(gmm_log_prob(gmm, jnp.asarray(u)), np.float64) - np.sum(np.log(high - low))
     return log_p.reshape(n, n)

@@ -29,14 +29,16 @@ def comparison_preset(name: str, acquisition: str = "ucb") -> ComparisonConfig:
 def configure(name: str, task: str, acquisition: str = "ucb", selection: str = "argmax",
               baseline_updates: Optional[int] = None, max_rounds: Optional[int] = None,
               eval_trials: Optional[int] = None, gmm_inits: Optional[int] = None, backend: str = "auto",
-              init_xy: Optional[float] = None, init_height: Optional[tuple[float, float]] = None):
+              init_xy: Optional[float] = None, init_height: Optional[tuple[float, float]] = None,
+              theta_yaw: bool = False):
     """(PPO `Preset`, `ComparisonConfig`) of preset `name` for `task` on physics `backend`, with
     the experiment scripts' overrides (None keeps the preset's value; `init_xy` and
-    `init_height` set the θ box, m). Raises ValueError on bad values, before anything is compiled."""
+    `init_height` set the θ box, m; `theta_yaw` adds the plug's yaw error to θ). Raises ValueError on bad values, before anything is compiled."""
     from refinery_jax.ppo.presets import preset
 
     spec = preset(name, task, backend)
-    box = {k: v for k, v in (("init_xy", init_xy), ("init_height", init_height)) if v is not None}
+    box = {k: v for k, v in (("init_xy", init_xy), ("init_height", init_height), ("theta_yaw", theta_yaw or None))
+           if v is not None}
     if box:  # EnvConfig validates the box
         env = dataclasses.replace(spec.config.env, **{k: tuple(v) if k == "init_height" else v for k, v in box.items()})
         if not (env.init_xy > 0 and env.init_height[0] < env.init_height[1]):  # the GP and GMM normalise by it
@@ -98,6 +100,8 @@ def add_budget_arguments(parser) -> None:
                         help="θ box: the plug tip starts within ±M metres of its goal in x and y (default 0.01)")
     parser.add_argument("--init-height", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="θ box: the tip starts LOW..HIGH metres above the socket's top face (default 0.01 0.02)")
+    parser.add_argument("--theta-yaw", action="store_true",
+                        help="θ includes the plug's yaw error (±5°): the GP and GMMs model it, BO and deployment choose it")
 
 
 def configure_from_args(parser, args, task: str):
@@ -109,6 +113,6 @@ def configure_from_args(parser, args, task: str):
     try:
         return configure(args.preset, task, args.acquisition, args.selection,
                          *(getattr(args, name) for name in BUDGET_OPTIONS), backend=args.backend,
-                         init_xy=args.init_xy, init_height=args.init_height)
+                         init_xy=args.init_xy, init_height=args.init_height, theta_yaw=args.theta_yaw)
     except ValueError as error:
         parser.error(str(error))

@@ -200,8 +200,9 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
 
     def evaluate(params: Sequence, key: jax.Array, inits) -> ChainResult:
         inits = jnp.asarray(inits, jnp.float32)
-        if inits.ndim != 3 or inits.shape[0] != len(stages) or inits.shape[2] != 3:
-            raise ValueError(f"inits must be [{len(stages)}, N, 3], got shape {inits.shape}")
+        d = stages[0].env.theta_size
+        if inits.ndim != 3 or inits.shape[0] != len(stages) or inits.shape[2] != d:
+            raise ValueError(f"inits must be [{len(stages)}, N, {d}], got shape {inits.shape}")
         if len(params) != len(stages):
             raise ValueError(f"need one params entry per stage ({len(stages)}), got {len(params)}")
         n_stages, n = inits.shape[:2]
@@ -246,7 +247,7 @@ def make_chain_evaluator(stages: Sequence[ChainStage], batch_size: int = 256) ->
 
 
 def chain_inits(key: jax.Array, samplers: Sequence[Callable], n: int) -> jax.Array:
-    """[K, n, 3] θ, stage k's drawn from `samplers[k]` (`key -> θ`), independently."""
+    """[K, n, d] θ, stage k's drawn from `samplers[k]` (`key -> θ`), independently."""
     keys = jax.random.split(key, len(samplers))
     return jnp.stack([jax.vmap(s)(jax.random.split(k, n)) for s, k in zip(samplers, keys)])
 
@@ -263,11 +264,11 @@ def fit_joint_model(key: jax.Array, inits, sequence_success, lows, highs,
     return fit_success_model(key, flat, jnp.asarray(sequence_success, bool), low, high, gmm_config)
 
 
-def joint_sampler(model: DeploymentModel, config: DeploymentConfig = DeploymentConfig()) -> Callable:
-    """`key -> θ [K, 3]`: one chain's starts, the highest-density of M joint-GMM samples
+def joint_sampler(model: DeploymentModel, theta_size: int, config: DeploymentConfig = DeploymentConfig()) -> Callable:
+    """`key -> θ [K, theta_size]`: one chain's starts, the highest-density of M joint-GMM samples
     (per `config`), inside every stage's box; uniform when the model is not usable."""
     sample = deployment_sampler(model, config)
-    return lambda key: sample(key).reshape(-1, 3)
+    return lambda key: sample(key).reshape(-1, theta_size)
 
 
 # ------------------------------------------------------------------ chained-mode summaries and Table I
@@ -373,6 +374,7 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
     policies = {"baseline": [jax.vmap(r.trainer.policy)(r.baseline) for r in stage_runs],
                 "finetuned": [jax.vmap(r.trainer.policy)(r.result.finetune.train) for r in stage_runs]}
     boxes = [(r.trainer.env.init_low, r.trainer.env.init_high) for r in stage_runs]
+    d = len(boxes[0][0])  # θ size per stage
 
     def samplers(which, s):
         if which is None:
@@ -381,7 +383,7 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
 
     def like(n):
         return lambda: ChainResult(jnp.zeros((seeds, stages, n), bool), jnp.zeros((seeds, n), bool),
-                                   jnp.zeros((seeds, stages, n), jnp.float32), jnp.zeros((seeds, stages, n, 3)))
+                                   jnp.zeros((seeds, stages, n), jnp.float32), jnp.zeros((seeds, stages, n, d)))
 
     def rows(name, policy_set, draw, n, stream="fresh"):
         """Chained trials per seed: draw(key, s) -> θ [K, n, 3]. Rows of one stream share their
@@ -412,8 +414,8 @@ def run_chained(evaluate: ChainEvaluator, stage_runs: Sequence, keys: jax.Array,
     def joint_draw(key, s):
         if not bool(models[s].usable):  # too few whole successful chains: refinery's own choice, not uniform
             return independent("finetuned")(key, s)
-        sample = joint_sampler(models[s], deployment)
-        return jnp.moveaxis(jax.vmap(sample)(jax.random.split(key, trials)), 0, 1)  # [K, n, 3]
+        sample = joint_sampler(models[s], len(lows[0]), deployment)
+        return jnp.moveaxis(jax.vmap(sample)(jax.random.split(key, trials)), 0, 1)  # [K, n, d]
 
     out["refinery_joint"] = rows("fresh_refinery_joint", "finetuned", joint_draw, trials)
     return out, models
