@@ -44,6 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
     args = parser.parse_args(argv)
+    import numpy as np
+
     from refinery_jax.refinery.presets import resolve_backend_arg
 
     resolve_backend_arg(parser, args)  # first: choosing MJX sets its XLA CPU flag before JAX starts
@@ -63,6 +65,14 @@ def parse_args(argv=None) -> argparse.Namespace:
             args.baseline = load_specialists(args.baselines, range(args.seeds), task=args.task, preset=args.preset)
         except (ValueError, CheckpointError) as error:
             parser.error(f"--baselines: {error}")
+        import json
+
+        trained = json.loads((args.baselines / "config.json").read_text()).get("ppo", {}).get("env", {})
+        env = args.configs[0].config.env
+        for name in ("init_xy", "init_height"):  # the Baseline row is the specialists on their own θ box
+            if name in trained and tuple(np.atleast_1d(trained[name])) != tuple(np.atleast_1d(getattr(env, name))):
+                parser.error(f"--baselines: its specialists were trained with {name} {trained[name]}, this run has "
+                             f"{getattr(env, name)}")
     return args
 
 
@@ -111,9 +121,9 @@ def main(argv=None) -> None:
     progress("results (fresh trials per row: %d)\n%s" % (comparison_config.eval_trials, format_table(table)))
 
     # --- arrays for the notebook, figures ---------------------------------------------------------------
-    arrays = pack_arrays(result, low, high)
+    arrays = pack_arrays(result, low, high, comparison_config.finetune)
     results = {**run_id, "methods": table, "eval_trials": comparison_config.eval_trials,
-               "specialist_env_steps": int(config.total_env_steps), "acquisition": args.acquisition,
+               "specialist_env_steps": int(state.update[0]) * config.batch_size,  # loaded ones included "acquisition": args.acquisition,
                "selection": args.selection, "jax_version": jax.__version__, "device": str(jax.devices()[0]),
                "backend": config.env.backend, "resumed": resume}
     if not args.no_figures:

@@ -95,6 +95,12 @@ def test_theta_with_yaw_sets_the_plug_yaw():
     np.testing.assert_allclose(np.asarray(states.info.init), np.asarray(theta), atol=2e-5)
     with pytest.raises(ValueError, match=r"shape \(4,\)"):
         env.reset(keys[0], theta[0, :3])
+    with pytest.raises(ValueError, match="init_yaw_noise > 0"):
+        EnvConfig(theta_yaw=True, init_yaw_noise=0.0)
+    from refinery_jax.envs.demos import DemoConfig, make_generator  # the paper preset's demos still start assembled
+
+    demos = jax.jit(make_generator(env, DemoConfig(num_attempts=2)))(jax.random.key(0))
+    assert np.asarray(demos.fingertip).shape[0] == 2
     plain = AssemblyEnv(EnvConfig())
     states = jax.jit(jax.vmap(plain.reset))(keys, theta[:, :3])
     socket_inverse = states.physics.socket_quat * jnp.array([1.0, -1.0, -1.0, -1.0])

@@ -469,7 +469,7 @@ def test_same_seed_gives_the_same_table(tiny):
 def tiny_run_dir(tiny, tmp_path_factory):
     out = tmp_path_factory.mktemp("refinery_run")
     env = tiny["trainer"].env
-    arrays = pack_arrays(tiny["result"], env.init_low, env.init_high)
+    arrays = pack_arrays(tiny["result"], env.init_low, env.init_high, TINY.finetune)
     results = {"task": "round_peg", "seeds": [0, 1], "eval_trials": TINY.eval_trials, "methods": tiny["table"]}
     save_run(out, results, arrays)
     return out
@@ -482,6 +482,12 @@ def test_saved_run_round_trips_and_draws(tiny_run_dir, tiny):
     assert run.methods == METHODS
     inits, success = run.fresh("refinery", 1)
     np.testing.assert_array_equal(inits, np.asarray(tiny["result"].fresh["refinery"].inits[1]))
+    # the GP figure conditions on what the round's GP saw: this round's data and, down-weighted, earlier rounds'
+    _, x, y, weights, _ = run.gp_round(0, 1)
+    e = TINY.finetune.eval_points
+    assert x.shape == (TINY.finetune.gp_rounds * e, 3)
+    np.testing.assert_allclose(weights[: 2 * e], [1.0] * e + [TINY.finetune.gp_decay] * e)
+    np.testing.assert_array_equal(x[:e], np.asarray(tiny["result"].finetune.history.eval_inits[0, 1]))
     figures = draw_run_figures(run, tiny_run_dir / "figures", "round_peg")
     assert all(pathlib.Path(p).stat().st_size > 1000 for p in figures.values())
 
@@ -683,7 +689,7 @@ def test_comparison_with_yaw_in_theta(tmp_path):
         assert inits.shape == (2, TINY.eval_trials, 4) and np.ptp(inits[..., 3]) > 0.01
     proposals = np.asarray(result.finetune.history.proposals)
     assert proposals.shape[-1] == 4 and np.all((proposals[..., 3] >= low[3]) & (proposals[..., 3] <= high[3]))
-    arrays = pack_arrays(result, low, high)
+    arrays = pack_arrays(result, low, high, TINY.finetune)
     save_run(tmp_path, {"task": "round_peg", "seeds": [0, 1], "eval_trials": TINY.eval_trials, "methods": table}, arrays)
     figures = draw_run_figures(load_run(tmp_path), tmp_path / "figures", "round_peg")
     assert figures and all(pathlib.Path(f).exists() for f in figures.values())

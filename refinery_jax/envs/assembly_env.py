@@ -1,7 +1,7 @@
 """The insertion environment: pure `reset(key, init)` and `step(state, action)`.
 
 An initial condition is an explicit array `init = θ` (3,): the plug tip's offset from
-its goal pose, in the socket (goal) frame. Everything else that varies between
+its goal pose, in the socket (goal) frame (with `theta_yaw`, (4,): and the plug's yaw error). Everything else that varies between
 episodes (socket pose, the plug's yaw error, observation and action-frame noise) is
 drawn from `key`, so the success rate J(θ) is an expectation over those nuisances.
 A reset distribution is any function `key -> init`; see `samplers.py`.
@@ -120,6 +120,8 @@ class EnvConfig:
             raise ValueError(f"1/(control_hz*timestep) = {substeps:.4f} must be a positive integer")
         if abs(steps - round(steps)) > 1e-6:
             raise ValueError(f"control_hz * episode_seconds = {steps} must be an integer")
+        if self.theta_yaw and self.init_yaw_noise <= 0:  # a zero-width θ axis: the GP and GMM normalise by it
+            raise ValueError("theta_yaw needs init_yaw_noise > 0 (the yaw range of θ)")
         if self.loose_part_tolerance <= 0:
             raise ValueError(f"loose_part_tolerance must be positive, got {self.loose_part_tolerance}")
         if self.init_height[0] > self.init_height[1] or self.init_xy < 0:
@@ -141,7 +143,8 @@ class EpisodeInfo:
     step: jax.Array            # [] int
     init: jax.Array            # [3] (or [4]) θ this episode started from: the plug tip's offset from the goal
                                #     (socket frame; and the plug's yaw) that IK achieved, which success models learn from
-    ik_residual: jax.Array     # [] m: |achieved θ − requested θ| (0 up to rounding for the floating hand)
+    ik_residual: jax.Array     # [] m: distance of the tip reached from the tip asked for (θ's position part; 0 up
+                               #     to rounding for the floating hand)
     goal_pos: jax.Array        # [3] true plug-tip goal position (world)
     goal_quat: jax.Array       # [4] true goal orientation (socket yaw)
     obs_goal_pos: jax.Array    # [3] noisy fingertip-goal position the policy sees
@@ -305,7 +308,7 @@ class AssemblyEnv:
         info = EpisodeInfo(
             step=jnp.zeros((), jnp.int32),
             init=achieved,
-            ik_residual=jnp.linalg.norm(achieved - init),
+            ik_residual=jnp.linalg.norm(achieved[:3] - init[:3]),
             goal_pos=goal_pos,
             goal_quat=goal_quat,
             obs_goal_pos=goal_pos + jnp.array([0.0, 0.0, self.assembly.plug_length]) + obs_pos_noise,

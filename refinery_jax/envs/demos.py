@@ -92,7 +92,7 @@ def make_generator(env: AssemblyEnv, cfg: DemoConfig = DemoConfig()):
     """`generate(key) -> Demos` with `cfg.num_attempts` runs of length lift + move + 1."""
 
     # demos start exactly assembled: no yaw error, or the plug would start inside the walls
-    env = AssemblyEnv(dataclasses.replace(env.config, init_yaw_noise=0.0))
+    env = AssemblyEnv(dataclasses.replace(env.config, init_yaw_noise=0.0, theta_yaw=False))
 
     def generate(key: jax.Array) -> Demos:
         keys = jax.random.split(key, cfg.num_attempts)

@@ -22,8 +22,8 @@ from refinery_jax.ppo.networks import ActorCritic, Policy, policy_actor
 
 
 class EvalResult(NamedTuple):
-    inits: jax.Array     # [N, 3] θ each episode started from: reached by IK, what success models learn from
-    ik_residual: jax.Array  # [N] m, |reached θ − requested θ|
+    inits: jax.Array     # [N, d] θ each episode started from: reached by IK, what success models learn from
+    ik_residual: jax.Array  # [N] m, how far the tip reached is from the tip asked for
     success: jax.Array   # [N] bool, success at the final step
     returns: jax.Array   # [N] sum of the environment's reward (its own weights) until the episode ended
     lengths: jax.Array   # [N] int, steps until the episode ended (episode_steps unless it diverged)

@@ -55,7 +55,7 @@ class ComparisonConfig:
 
 
 class FreshEval(NamedTuple):
-    inits: jax.Array    # [N, 3] θ reached at reset
+    inits: jax.Array    # [N, d] θ reached at reset
     success: jax.Array  # [N] bool
     returns: jax.Array  # [N]
 
@@ -76,10 +76,10 @@ class Comparison(NamedTuple):
     config: ComparisonConfig
     finetune_bo: FineTune
     finetune_uniform: FineTune
-    evaluate: Callable          # jit(vmap(evaluate)): (policies [S], θ [S, N, 3], keys [S]) -> EvalResult [S, N]
-    uniform_inits: Callable     # key -> θ [N, 3] (one seed)
-    deployment_inits: Callable  # (key, DeploymentModel) -> θ [N, 3] (one seed)
-    fit_model: Callable         # (key, θ [N, 3], success [N]) -> DeploymentModel (Algorithm 2's offline phase)
+    evaluate: Callable          # jit(vmap(evaluate)): (policies [S], θ [S, N, d], keys [S]) -> EvalResult [S, N]
+    uniform_inits: Callable     # key -> θ [N, d] (one seed)
+    deployment_inits: Callable  # (key, DeploymentModel) -> θ [N, d] (one seed)
+    fit_model: Callable         # (key, θ [N, d], success [N]) -> DeploymentModel (Algorithm 2's offline phase)
 
 
 def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callable) -> Comparison:

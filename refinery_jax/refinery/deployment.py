@@ -29,7 +29,7 @@ from flax import struct
 from refinery_jax.envs.samplers import Sampler, uniform_box
 from refinery_jax.success_models import DeploymentConfig, GMMConfig, GMMState, fit_success_gmm, make_deployment_sampler
 
-MIN_SUCCESSES = 4  # a full covariance in 3-D needs d + 1 points
+MIN_SUCCESSES = 4  # a full covariance needs d + 1 points: 4 for θ in 3-D (the check uses d + 1)
 # EM in the unit box with every component's std floored at 5 % of the box width (reg_covar is a
 # variance): a narrower component fits which few trials happened to succeed, and BIC rewards
 # such collapsed components. (The floor the old absolute 1e-6 m² gave on the default ±1 cm box.)
@@ -41,7 +41,7 @@ class DeploymentModel:
     gmm: GMMState             # over u = (θ − box_low) / (box_high − box_low)
     box_low: jax.Array        # [d] the box θ was drawn from (original units)
     box_high: jax.Array       # [d]
-    fit_inits: jax.Array      # [N, 3] θ evaluated to fit the GMM (never reused for reporting)
+    fit_inits: jax.Array      # [N, d] θ evaluated to fit the GMM (never reused for reporting)
     fit_success: jax.Array    # [N] bool
     num_successes: jax.Array  # [] int32
     usable: jax.Array         # [] bool: enough successes for the GMM (else the sampler is uniform)

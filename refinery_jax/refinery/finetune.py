@@ -301,7 +301,8 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
 def share_programs(finetune: FineTune, like: FineTune) -> FineTune:
     """`finetune` with `like`'s PPO rounds (`improve`), so both run one compiled program: the
     proposals and the uniform share are traced state, so runs that differ only in how they
-    propose (acquisition, guided or not) train alike. Raises if their rounds differ."""
+    propose (acquisition, guided or not) train alike. Raises if their rounds differ; both must
+    have been made from the same trainer (its environment and θ box are in `like.improve`)."""
     mine, theirs = finetune.config, like.config
     for name in ("updates_per_round", "learning_rate", "max_rounds", "proposal"):
         if name == "proposal":

@@ -43,9 +43,10 @@ def _extent(low, high):
     return [MM * low[0], MM * high[0], MM * low[1], MM * high[1]]
 
 
-def gp_maps(params: GPParams, x, y, low, high, z_values, n: int = 41):
-    """GP posterior mean and std of success [len(z), n, n] on an x-y grid at each z."""
-    state = condition_gp(params, x, y, low, high)
+def gp_maps(params: GPParams, x, y, low, high, z_values, n: int = 41, weights=None):
+    """GP posterior mean and std of success [len(z), n, n] on an x-y grid at each z (data
+    `weights` as in `fit_gp`: precision multipliers, 0 for padding)."""
+    state = condition_gp(params, x, y, low, high, weights=weights)
     _, _, xx, yy = _grid(low, high, n)
     means, stds = [], []
     for z in z_values:
@@ -56,12 +57,16 @@ def gp_maps(params: GPParams, x, y, low, high, z_values, n: int = 41):
     return np.stack(means), np.stack(stds)
 
 
-def plot_gp(params: GPParams, x, y, low, high, path, proposals=None, title: str = "", n: int = 41):
-    """Mean and σ of the GP over θ_x-θ_y at the lowest and highest θ_z, with data and proposals."""
+def plot_gp(params: GPParams, x, y, low, high, path, proposals=None, title: str = "", n: int = 41, weights=None):
+    """Mean and σ of the GP over θ_x-θ_y at the lowest and highest θ_z, with the data of full
+    weight (the round's own evaluations) and the proposals."""
     plt = _pyplot()
     low, high = np.asarray(low), np.asarray(high)
     z_values = (low[2], high[2])
-    mean, std = gp_maps(params, x, y, low, high, z_values, n)
+    mean, std = gp_maps(params, x, y, low, high, z_values, n, weights)
+    if weights is not None:  # draw the round's own points; earlier rounds only shape the posterior
+        own = np.asarray(weights) >= np.max(weights)
+        x, y = np.asarray(x)[own], np.asarray(y)[own]
     fig, axes = plt.subplots(2, 2, figsize=(10, 8.5), squeeze=False)
     for col, z in enumerate(z_values):
         for row, (grid, label, cmap, vmax) in enumerate(((mean, "GP mean of success", "viridis", 1.0),
@@ -172,9 +177,10 @@ def draw_run_figures(run, directory, task: str = "", seed: int = 0) -> dict:
     figures = {}
     last = int(a["rounds"][seed]) - 1
     for tag, r in (("first", 0), ("last", last)):
-        params, x, y, proposals = run.gp_round(seed, r)
+        params, x, y, weights, proposals = run.gp_round(seed, r)
         figures[f"gp_{tag}_round"] = plot_gp(params, x, y, run.low, run.high, directory / f"gp_{tag}_round.png",
-                                             proposals=proposals, title=f"{task} GP of success, seed {seed}, round {r + 1}")
+                                             proposals=proposals, title=f"{task} GP of success, seed {seed}, round {r + 1}",
+                                             weights=weights)
     for which, method in (("baseline", "deployment"), ("finetuned", "refinery")):
         chosen, _ = run.fresh(method, seed)
         figures[f"gmm_{which}"] = plot_gmm(run.gmm(which, seed), run.low, run.high, chosen, directory / f"gmm_{which}.png",

@@ -27,12 +27,13 @@ from refinery_jax.success_models import GPParams
 from refinery_jax.success_models.gmm import GMMParams
 
 
-def pack_arrays(result, low, high) -> dict:
-    """Named numpy arrays of a ComparisonResult (all seeds)."""
+def pack_arrays(result, low, high, finetune) -> dict:
+    """Named numpy arrays of a ComparisonResult (all seeds); `finetune`: its FineTuneConfig."""
     fresh = jax.device_get(result.fresh)
     history = jax.device_get(result.finetune.history)
     arrays = {"low": np.asarray(low), "high": np.asarray(high), "rounds": np.asarray(result.finetune.rounds),
-              "control_rounds": np.asarray(result.control.rounds)}
+              "control_rounds": np.asarray(result.control.rounds), "gp_rounds": np.asarray(finetune.gp_rounds),
+              "gp_decay": np.asarray(finetune.gp_decay)}
     for method, ev in fresh.items():
         arrays[f"fresh/{method}/inits"], arrays[f"fresh/{method}/success"] = np.asarray(ev.inits), np.asarray(ev.success)
     for name in ("success_rate", "eval_inits", "eval_success", "proposals", "trained", "env_steps", "train_success"):
@@ -71,12 +72,18 @@ class RunData(NamedTuple):
         return self.arrays[f"fresh/{method}/inits"][seed], self.arrays[f"fresh/{method}/success"][seed]
 
     def gp_round(self, seed: int = 0, round_: int = -1):
-        """(GPParams, eval inits [E, 3], outcomes [E], proposals [q, 3]) of one BO round (-1: the last)."""
-        r = int(self.arrays["rounds"][seed]) - 1 if round_ < 0 else round_
-        params = GPParams(**{f.name: self.arrays[f"history/gp_params/{f.name}"][seed, r]
-                             for f in dataclasses.fields(GPParams)})
-        return (params, self.arrays["history/eval_inits"][seed, r],
-                self.arrays["history/eval_success"][seed, r].astype(np.float32), self.arrays["history/proposals"][seed, r])
+        """(GPParams, θ [M, d], outcomes [M], weights [M], proposals [q, d]) of one BO round (-1: the
+        last): the data its GP was fitted to (`finetune.gp_data`: this round's and, down-weighted,
+        the rounds before; runs saved before that kept one round)."""
+        from refinery_jax.refinery.finetune import gp_data  # noqa: PLC0415
+
+        a = self.arrays
+        r = int(a["rounds"][seed]) - 1 if round_ < 0 else round_
+        params = GPParams(**{f.name: a[f"history/gp_params/{f.name}"][seed, r] for f in dataclasses.fields(GPParams)})
+        rounds, decay = (int(a["gp_rounds"]), float(a["gp_decay"])) if "gp_rounds" in a else (1, 1.0)
+        x, y, weights = (np.asarray(v) for v in gp_data(a["history/eval_inits"][seed], a["history/eval_success"][seed],
+                                                        r, rounds, decay))
+        return params, x, y, weights, a["history/proposals"][seed, r]
 
     def gmm(self, which: str = "finetuned", seed: int = 0) -> GMMParams:
         return GMMParams(**{f.name: self.arrays[f"gmm/{which}/{f.name}"][seed] for f in dataclasses.fields(GMMParams)})
