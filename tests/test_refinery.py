@@ -657,8 +657,8 @@ def test_paper_preset_through_every_refinery_script(tmp_path):
     assert tuple(results["methods"]) == METHODS and results["preset"] == "paper"
     assert not (out / "specialists").exists(), "loaded specialists must not be retrained"
     ablation = tmp_path / "ablation"
-    run(ABLATION, "--task", "round_peg", "--preset", "paper", "--baselines", str(specialists), "--out", str(ablation),
-        "--rounds", "2", "--eval-trials", "16", "--acquisitions", "ucb")
+    run(ABLATION, "--task", "round_peg", "--preset", "paper", "--seeds", "1", "--baselines", str(specialists),
+        "--out", str(ablation), "--rounds", "2", "--eval-trials", "16", "--acquisitions", "ucb")
     arms = json.loads((ablation / "results.json").read_text())["arms"]
     assert set(arms) == {"baseline", "ucb", "uniform"} and "vs_uniform" in arms["ucb"]
     sequence = tmp_path / "sequence"
