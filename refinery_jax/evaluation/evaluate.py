@@ -1,7 +1,7 @@
 """`evaluate(policy, inits, key) -> EvalResult`: success over given initial conditions.
 
 The single function the GP and the GMM consume: one fixed-length episode per row of
-`inits` [N, 3] (θ requested; the result holds the θ reached at reset, which is what
+`inits` [N, d] (θ requested; the result holds the θ reached at reset, which is what
 the GP and the GMM learn from: an arm's IK can miss), jitted and batched (a `lax.map` over batches of `batch_size`
 vmapped episodes, so N is not limited by memory). Success is the environment's
 success flag at the final step of the episode; an episode whose simulation diverged
