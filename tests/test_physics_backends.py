@@ -4,6 +4,8 @@
 - plug trajectories agree from the same start under the same actions, in free space and
   through the scripted insertion (contact), with the controller lag matched on both;
 - the C backend is bit-identical across reruns, thread counts and how worlds are batched;
+- its compiled law (impedance.c, MuJoCo's control callback) matches the NumPy law, leaves
+  other models alone, and falls back to NumPy, saying why, where it cannot be built;
 - bad backend names fail before anything compiles.
 """
 
@@ -15,7 +17,8 @@ import pytest
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
 from refinery_jax.envs.control import ControlConfig, impedance_torques
 from refinery_jax.envs.physics import resolve_backend
-from refinery_jax.envs.physics.c_backend import CBackend
+from refinery_jax.envs.physics import compiled_law
+from refinery_jax.envs.physics.c_backend import CBackend, userdata_size
 from refinery_jax.envs.scripted import scripted_action
 
 STEPS = 100
@@ -156,3 +159,68 @@ def test_c_backend_refused_where_jax_runs_on_an_accelerator(monkeypatch):
     with pytest.raises(ValueError, match="steps on the host CPU"):
         resolve_backend("c")
     assert resolve_backend("auto") == "mjx"
+
+
+def _compiled_or_skip():
+    library, reason = compiled_law.load()
+    if library is None:
+        pytest.skip(f"the compiled impedance law cannot be built here: {reason}")
+    return library
+
+
+@pytest.mark.parametrize("embodiment", ["floating_hand", "franka"])
+def test_compiled_law_matches_the_numpy_law(embodiment):
+    """impedance.c as MuJoCo's control callback (one Batch.step per control period) against the
+    NumPy law between single substeps, pressing the plug into the socket (contact) for 10 control
+    steps: same state rows up to float64 rounding (measured: 2e-15 after one step)."""
+    library = _compiled_or_skip()
+    env = AssemblyEnv(EnvConfig(embodiment=embodiment, backend="c"))
+    assert env.physics.compiled
+    for n in (6, 7):
+        assert compiled_law.userdata_size(library, n) == userdata_size(n)
+    numpy_env = AssemblyEnv(EnvConfig(embodiment=embodiment, backend="c"))
+    numpy_env.physics = CBackend(numpy_env.physics.spec, compiled=False)
+    keys = jax.random.split(jax.random.key(8), 4)
+    inits = jnp.tile(jnp.array([0.0005, -0.0003, env.assembly.depth / 2]), (4, 1))
+    actions = jnp.tile(jnp.array([0.3, 0.0, -1.0, 0.0, 0.0, 0.5]), (4, 1))
+    rows, tips = {}, {}
+    for name, e in (("compiled", env), ("numpy", numpy_env)):
+        states = jax.jit(jax.vmap(e.reset))(keys, inits)
+        step = jax.jit(jax.vmap(e.step))
+        for _ in range(10):
+            states = step(states, actions)
+        physics = e.physics
+        rows[name] = np.asarray(states.physics.sim.rows).view(np.float64)[:, physics._slices["qpos"]]  # noqa: SLF001
+        tips[name] = np.asarray(states.physics.tip_pos)
+    assert np.abs(rows["compiled"] - rows["numpy"]).max() < 1e-9
+    np.testing.assert_allclose(tips["compiled"], tips["numpy"], atol=1e-7)
+    start = np.asarray(jax.vmap(env.reset)(keys, inits).physics.qpos)
+    assert np.abs(rows["compiled"][:, :start.shape[1]] - start).max() > 1e-4  # the robot did move
+
+
+def test_compiled_law_leaves_other_models_alone():
+    """The control callback is process-wide: worlds without its marker keep the controls they were given."""
+    _compiled_or_skip()
+    import mujoco
+    from mujoco import batch as mj_batch
+
+    model = mujoco.MjModel.from_xml_string("""<mujoco><size nuserdata="200"/><worldbody><body>
+        <joint name="j" type="hinge"/><geom size=".1" pos=".2 0 0"/></body></worldbody>
+        <actuator><motor joint="j"/></actuator></mujoco>""")
+    batch = mj_batch.Batch(model, 2, 1)
+    batch.userdata[:] = 1.0  # userdata, but not the law's marker
+    batch.ctrl[:] = 0.25
+    batch.step(nstep=3)
+    np.testing.assert_array_equal(batch.ctrl, 0.25)
+    assert np.all(batch.qvel != 0)
+
+
+def test_the_compiled_law_falls_back_with_a_reason(monkeypatch):
+    monkeypatch.setenv("CC", "no-such-compiler")
+    monkeypatch.setattr(compiled_law, "_loaded", {})
+    library, reason = compiled_law.load()
+    assert library is None and "no C compiler" in reason
+    env = AssemblyEnv(EnvConfig(backend="c"))
+    assert not env.physics.compiled and "no C compiler" in env.physics.compiled_unavailable_reason
+    with pytest.raises(RuntimeError, match="no C compiler"):
+        CBackend(env.physics.spec, compiled=True)

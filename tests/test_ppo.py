@@ -37,11 +37,14 @@ from refinery_jax.ppo import losses
 # lockstep here: with 15-step episodes in 15-step rollouts every update then sees whole
 # episodes and their returns, and the task is learnt in 40 updates; staggered (the
 # default), each rollout bootstraps from a still-poor critic mid-episode, and the same
-# task took ~80 updates (measured), too long for CI.
+# task took ~80 updates (measured), too long for CI. The task is marginal for PPO at this
+# budget and its outcome moves with the host's floating-point code paths: with γ 0.95 it
+# learned on the first CI host (~5.3 -> ~10.5) but not on an AMD EPYC one (six seeds:
+# -1.6..+3.0, mean -0.1); γ 0.9 there: six seeds +0.1..+5.6, five above the threshold.
 SMOKE = PPOConfig(env=EnvConfig(task="square_peg_loose", episode_seconds=1.0, init_xy=0.0, init_height=(0.01, 0.012)),
                   num_envs=32, num_steps=15, num_updates=40, update_epochs=4, num_minibatches=4,
                   actor_hidden=(32, 32), critic_hidden=(32, 32), stagger_starts=False)
-SMOKE_HP = dict(learning_rate=3e-3, gamma=0.95, init_log_std=-1.2)
+SMOKE_HP = dict(learning_rate=3e-3, gamma=0.9, init_log_std=-1.2)
 CHUNK = 5
 EVAL_N, EVAL_BATCH = 4, 2  # tests/test_evaluate.py evaluates the same shapes
 
@@ -166,14 +169,14 @@ def test_tiny_task_learns(smoke, learned):
     trainer, init, _ = smoke
     state, m = learned
     first, last = np.nanmean(m.episode_return[:5]), np.nanmean(m.episode_return[-5:])
-    assert last > first + 2.0, (first, last)  # measured: ~5.3 -> ~10.5
+    assert last > first + 2.0, (first, last)  # measured: 5.4 -> 8.9
     # the deterministic policy, before and after, on the same starts and nuisance draws
     evaluate = make_evaluate(trainer.env, trainer.model, batch_size=EVAL_BATCH, obs_clip=SMOKE.obs_clip)
     inits = jax.vmap(env_uniform(trainer.env))(jax.random.split(jax.random.key(5), EVAL_N))
     before = evaluate(trainer.policy(init(jax.random.key(0), default_hyperparams(SMOKE, **SMOKE_HP))), inits,
                       jax.random.key(6))
     after = evaluate(trainer.policy(state), inits, jax.random.key(6))
-    # measured: ~6.2 (holding still) -> ~15 (pushing the plug in)
+    # measured: 6.3 (holding still) -> 11.7 (pushing the plug in)
     assert float(after.returns.mean()) > float(before.returns.mean()) + 4.0, (before.returns, after.returns)
     assert int(m.env_steps[-1]) == SMOKE.total_env_steps
     assert np.all(np.isfinite(m.policy_loss)) and np.all(m.approx_kl >= 0)

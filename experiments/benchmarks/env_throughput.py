@@ -7,7 +7,9 @@ whole measurement (the number of contacts is reported). Measured in one process:
 
 - `c_env_control_steps_per_s`, `mjx_env_control_steps_per_s`: 15 Hz environment steps/s of
   `jit(vmap(scan(env.step)))` over `--control-steps` steps (controller at every physics
-  substep, observation, reward), after a warm-up call;
+  substep, observation, reward), after a warm-up call; `c_law` says how the C backend
+  evaluated the law (compiled callback or NumPy), and with the compiled law
+  `c_numpy_law_env_control_steps_per_s` is the NumPy fallback on the same worlds;
 - `raw_c_physics_steps_per_s`: `mujoco.batch.Batch.step` on the same worlds (the C env's
   float64 state rows, socket pose included) with the torques held constant, as many threads
   as the C backend uses; `raw_c_control_steps_per_s` is that / decimation: the ceiling;
@@ -41,6 +43,7 @@ from mujoco import batch as mj_batch  # noqa: E402
 
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig  # noqa: E402
 from refinery_jax.envs.episodes import run_episode  # noqa: E402
+from refinery_jax.envs.physics.c_backend import CBackend  # noqa: E402
 from refinery_jax.envs.samplers import env_uniform  # noqa: E402
 from refinery_jax.envs.scripted import scripted_actor  # noqa: E402
 
@@ -83,7 +86,8 @@ def raw_c_rate(env, states, physics_steps: int, repeats: int):
     """Physics steps/s of `mujoco.batch` on the C env's worlds, torques held constant; and contacts per world."""
     backend = env.physics
     rows = np.asarray(states.physics.sim.rows).view(np.float64).copy()
-    batch = mj_batch.Batch(env.mj_model, rows.shape[0], backend.threads)
+    rows[:, backend._slices["userdata"]] = 0.0  # no marker: the compiled law leaves these worlds' torques alone
+    batch = mj_batch.Batch(backend.model, rows.shape[0], backend.threads)
     ncon = batch.bind("ncon")
     times = []
     for _ in range(repeats + 1):
@@ -121,6 +125,12 @@ def measure(embodiment: str, batch: int, control_steps: int, repeats: int, with_
     row["raw_c_physics_steps_per_s"], row["raw_c_control_steps_per_s"] = raw, raw / decimation
     row["c_env_over_raw_c"] = row["c_env_control_steps_per_s"] / row["raw_c_control_steps_per_s"]
     row["c_threads"] = c_env.physics.threads or os.cpu_count()
+    row["c_law"] = "compiled" if c_env.physics.compiled else f"numpy ({c_env.physics.compiled_unavailable_reason})"
+    if c_env.physics.compiled:  # the NumPy fallback on the same worlds, for the ratio
+        numpy_env = AssemblyEnv(EnvConfig(embodiment=embodiment, backend="c"))
+        numpy_env.physics = CBackend(numpy_env.physics.spec, compiled=False)
+        row["c_numpy_law_env_control_steps_per_s"] = env_rate(numpy_env, batch, control_steps, repeats)[0]
+        row["compiled_over_numpy_law"] = row["c_env_control_steps_per_s"] / row["c_numpy_law_env_control_steps_per_s"]
     if with_mjx:
         cmd = [sys.executable, __file__, "--mjx-only", "--embodiments", embodiment, "--batch", str(batch),
                "--control-steps", str(control_steps), "--repeats", str(repeats), "--json"]

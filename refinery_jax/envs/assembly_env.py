@@ -208,7 +208,7 @@ class AssemblyEnv:
         self.fingertip_body = self.mj_model.body("fingertip").id
         self._socket_mocap = int(self.mj_model.body("socket").mocapid[0])
         self.physics = make_backend(self.backend_name, PhysicsSpec(
-            mj_model=self.mj_model, fingertip_body=self.fingertip_body, socket_mocap=self._socket_mocap,
+            mj_model=self.mj_model, xml=self.xml, fingertip_body=self.fingertip_body, socket_mocap=self._socket_mocap,
             num_dofs=self.spec.num_dofs, home_qpos=np.asarray(self.spec.home_qpos),
             torque_limits=np.asarray(self.spec.torque_limits), control=config.control, decimation=config.decimation))
         self.chain = chain_from_model(self.mj_model, self.fingertip_body, self.spec.num_dofs)

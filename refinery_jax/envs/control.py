@@ -57,8 +57,9 @@ def impedance_torques(pos, quat, jac, mass, qpos, qvel, pos_target, quat_target,
 
     Shapes: pos [..., 3], quat [..., 4], jac [..., 6, n], mass [..., n, n], qpos/qvel [..., n],
     home_qpos/torque_limits [n]; leading axes batch. `xp` is jax.numpy (the MJX backend,
-    per environment) or numpy (the C backend, every world at once between substeps), so
-    both backends run this one law. The null-space term
+    per environment) or numpy (the C backend's fallback, every world at once between
+    substeps). The C backend's default is the same law in C (envs/physics/impedance.c,
+    tested against this one). The null-space term
     (I - J^T (Lambda J M^-1)) M (kp_null dq - kd_null qdot) pulls a redundant arm toward
     its home posture without disturbing the fingertip; for a 6-DoF embodiment the
     projector is zero and the term is skipped.

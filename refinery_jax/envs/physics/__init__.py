@@ -60,6 +60,7 @@ class PhysicsSpec:
     """Static facts a backend needs about the scene and its controller."""
 
     mj_model: mujoco.MjModel
+    xml: str                 # the scene it was compiled from (the C backend adds controller userdata)
     fingertip_body: int
     socket_mocap: int
     num_dofs: int

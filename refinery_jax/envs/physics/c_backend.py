@@ -8,18 +8,23 @@ folds seeds x environments into one call), which steps all of them on MuJoCo's o
 thread pool.
 
 State. JAX carries each world's float64 `mjSTATE_INTEGRATION` row (time, qpos, qvel,
-solver warm start, mocap pose, ...) as raw bits (uint32 pairs: JAX runs in float32), so
-consecutive callbacks continue exactly as one long C rollout would; plus the
-controller's memory (`CState.memory`): the fingertip pose, Jacobian and mass matrix of
-the start of the last substep, which the first substep of the next call reads. A freshly
-placed world (`CState.fresh`) has neither yet: the next call builds its row from the
-float32 qpos and socket pose, and its memory from `mj_fwdPosition` at that pose.
+solver warm start, mocap pose, userdata) as raw bits (uint32 pairs: JAX runs in
+float32), so consecutive callbacks continue exactly as one long C rollout would. The
+backend's model is the scene with `nuserdata` added: userdata holds the controller's
+target pose, gains and memory (the fingertip pose, Jacobian and mass matrix of the start
+of the last substep, which the next substep reads; layout `USERDATA_*`, shared with
+`impedance.c`). A freshly placed world (`CState.fresh`) is built from the float32 qpos
+and socket pose, with no memory yet: its first substep reads the kinematics of its start.
 
-Control. Between substeps, NumPy evaluates `control.impedance_torques` (the same law as
-the MJX backend, in float64) for every world from the kinematics MuJoCo computed at the
-start of the substep just taken (MuJoCo's derived fields after `mj_step`), so the
-controller lags the state by one substep exactly as on MJX; the Jacobian comes from the
-joint axes and anchors, the mass matrix from MuJoCo's sparse `M`.
+Control. `control.impedance_torques` at every substep, from the kinematics of the start
+of the previous substep, so the controller lags the state by one substep exactly as on
+MJX. Two ways, the same law and memory layout:
+- compiled (default where a C compiler exists, `compiled_law.py`): `impedance.c` is
+  MuJoCo's control callback, and one `Batch.step(nstep=decimation)` runs the whole
+  control period on MuJoCo's threads;
+- NumPy (the fallback): single substeps, the law evaluated for every world between them
+  from MuJoCo's derived fields (Jacobian from the joint axes and anchors, mass matrix
+  from the sparse `M`).
 
 Failures. A world whose MuJoCo warning counters rise (bad qacc/qpos/qvel/ctrl: MuJoCo
 then resets it) or that MuJoCo raises on is reported as failed; the environment falls
@@ -41,7 +46,7 @@ from flax import struct
 from mujoco import batch as mj_batch
 
 from refinery_jax.envs.control import impedance_torques
-from refinery_jax.envs.physics import Physics, PhysicsSpec
+from refinery_jax.envs.physics import Physics, PhysicsSpec, compiled_law
 
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 # warnings after which MuJoCo has reset or altered a world: count it as a divergence
@@ -49,12 +54,22 @@ FAILURE_WARNINGS = tuple(int(w) for w in (mujoco.mjtWarning.mjWARN_BADQACC, mujo
                                           mujoco.mjtWarning.mjWARN_BADQVEL, mujoco.mjtWarning.mjWARN_BADCTRL))
 THREADS_ENV = "REFINERY_JAX_C_THREADS"  # MuJoCo batch threads (default: every CPU)
 
+# userdata layout (as impedance.c): marker, dof count, fingertip body, memory valid, target pos, target quat,
+# kp [6], kd [6], kp_null, home [n], torque limits [n], memory: pos [3], quat [4], jac [6 n], mass [n n]
+USERDATA_MARKER = 7130.25
+USERDATA_TARGET = slice(4, 11)
+USERDATA_VALID = 3
+USERDATA_HOME = 24
+
+
+def userdata_size(n: int) -> int:
+    return USERDATA_HOME + 2 * n + 7 + 6 * n + n * n
+
 
 @struct.dataclass
 class CState:
-    rows: jax.Array     # [2 * nstate] uint32: the float64 mjSTATE_INTEGRATION row, raw bits
-    memory: jax.Array   # [2 * nmem] uint32: float64 fingertip pose, Jacobian and mass matrix of the last substep's start
-    fresh: jax.Array    # [] bool: placed from float32 qpos; the next step builds rows and memory
+    rows: jax.Array     # [2 * nstate] uint32: the float64 mjSTATE_INTEGRATION row (userdata included), raw bits
+    fresh: jax.Array    # [] bool: placed from float32 qpos; the next step builds the row
 
 
 def _bits(x: np.ndarray) -> np.ndarray:
@@ -67,25 +82,50 @@ def _floats(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(bits, np.uint32).view(np.float64).copy()
 
 
+def _with_userdata(xml: str, size: int) -> mujoco.MjModel:
+    scene = mujoco.MjSpec.from_string(xml)
+    scene.nuserdata = size
+    return scene.compile()
+
+
 class CBackend:
     name = "c"
 
-    def __init__(self, spec: PhysicsSpec, threads: int | None = None):
+    def __init__(self, spec: PhysicsSpec, threads: int | None = None, compiled: bool | None = None):
+        """`compiled`: the law as MuJoCo's C control callback (True), in NumPy between substeps (False),
+        or the callback where it can be built (None, the default; `compiled_law.load`)."""
         self.spec = spec
-        m, n = spec.mj_model, spec.num_dofs
-        if m.nu != n:
-            raise ValueError(f"the C backend drives the robot's {n} dofs through {m.nu} actuators; expected one each")
+        n = spec.num_dofs
+        if spec.mj_model.nu != n:
+            raise ValueError(f"the C backend drives the robot's {n} dofs through {spec.mj_model.nu} actuators; "
+                             "expected one each")
+        library, reason = compiled_law.load() if compiled in (None, True) else (None, "NumPy law requested")
+        if compiled and library is None:
+            raise RuntimeError(f"the compiled impedance law is unavailable: {reason}")
+        self.compiled = library is not None
+        self.compiled_unavailable_reason = reason
+        self.model = m = _with_userdata(spec.xml, userdata_size(n))
+        if library is not None and compiled_law.userdata_size(library, n) != userdata_size(n):
+            raise RuntimeError("impedance.c and c_backend.py disagree on the userdata layout")
         self.threads = int(os.environ.get(THREADS_ENV, "0")) if threads is None else threads
         self.nstate = mujoco.mj_stateSize(m, STATE_SPEC)
-        self.nmem = 7 + 6 * n + n * n
         probe = mj_batch.Batch(m, 1, 1)
         self._slices = {name: self._component(probe, spec_bit) for name, spec_bit in (
             ("qpos", mujoco.mjtState.mjSTATE_QPOS), ("qvel", mujoco.mjtState.mjSTATE_QVEL),
-            ("warmstart", mujoco.mjtState.mjSTATE_WARMSTART),
-            ("mocap_pos", mujoco.mjtState.mjSTATE_MOCAP_POS), ("mocap_quat", mujoco.mjtState.mjSTATE_MOCAP_QUAT))}
+            ("mocap_pos", mujoco.mjtState.mjSTATE_MOCAP_POS), ("mocap_quat", mujoco.mjtState.mjSTATE_MOCAP_QUAT),
+            ("userdata", mujoco.mjtState.mjSTATE_USERDATA))}
         data = mujoco.MjData(m)
         self._template = np.zeros(self.nstate)
         mujoco.mj_getState(m, data, self._template, STATE_SPEC)
+        control = spec.control
+        self._template[self._slices["userdata"]] = np.concatenate([
+            # the marker hands a world to the compiled law; the NumPy law's worlds must not carry it
+            [USERDATA_MARKER if self.compiled else 0.0, n, spec.fingertip_body, 0.0], np.zeros(7), control.kp, control.kd, [control.kp_null],
+            spec.home_qpos, spec.torque_limits, np.zeros(7 + 6 * n + n * n)])
+        u = self._slices["userdata"].start
+        self._memory = slice(u + USERDATA_HOME + 2 * n, u + userdata_size(n))  # within a state row
+        self._target = slice(u + USERDATA_TARGET.start, u + USERDATA_TARGET.stop)
+        self._valid = u + USERDATA_VALID
         # robot joints 0..n-1 drive dofs 0..n-1 (check_actuation): hinge columns are axis x (p - anchor)
         self._hinge = np.array([m.jnt_type[j] == mujoco.mjtJoint.mjJNT_HINGE for j in range(n)])
         # where each entry of the dense [n, n] mass matrix lives in MuJoCo's sparse M
@@ -108,26 +148,24 @@ class CBackend:
 
     def init(self, qpos, socket_pos, socket_quat, tip_pos, tip_quat) -> Physics:
         """Place the scene at `qpos`, at rest; the fingertip pose comes from JAX's kinematics."""
-        sim = CState(rows=jnp.zeros(2 * self.nstate, jnp.uint32), memory=jnp.zeros(2 * self.nmem, jnp.uint32),
-                     fresh=jnp.ones((), bool))
-        return Physics(qpos=qpos, qvel=jnp.zeros(self.spec.mj_model.nv), tip_pos=tip_pos, tip_quat=tip_quat,
+        sim = CState(rows=jnp.zeros(2 * self.nstate, jnp.uint32), fresh=jnp.ones((), bool))
+        return Physics(qpos=qpos, qvel=jnp.zeros(self.model.nv), tip_pos=tip_pos, tip_quat=tip_quat,
                        tip_vel=jnp.zeros(6), socket_pos=socket_pos, socket_quat=socket_quat, sim=sim)
 
     def step(self, physics: Physics, pos_target, quat_target) -> tuple[Physics, jax.Array]:
-        m = self.spec.mj_model
+        m = self.model
         f32 = jnp.float32
         shapes = (jax.ShapeDtypeStruct((2 * self.nstate,), jnp.uint32),
-                  jax.ShapeDtypeStruct((2 * self.nmem,), jnp.uint32),
                   jax.ShapeDtypeStruct((m.nq,), f32), jax.ShapeDtypeStruct((m.nv,), f32),
                   jax.ShapeDtypeStruct((3,), f32), jax.ShapeDtypeStruct((4,), f32),
                   jax.ShapeDtypeStruct((6,), f32), jax.ShapeDtypeStruct((), jnp.bool_))
         sim = physics.sim
-        rows, memory, qpos, qvel, tip_pos, tip_quat, tip_vel, failed = jax.pure_callback(
-            self._host_step, shapes, sim.rows, sim.memory, sim.fresh, physics.qpos.astype(f32),
+        rows, qpos, qvel, tip_pos, tip_quat, tip_vel, failed = jax.pure_callback(
+            self._host_step, shapes, sim.rows, sim.fresh, physics.qpos.astype(f32),
             physics.socket_pos.astype(f32), physics.socket_quat.astype(f32), pos_target.astype(f32),
             quat_target.astype(f32), vmap_method="broadcast_all")
         out = physics.replace(qpos=qpos, qvel=qvel, tip_pos=tip_pos, tip_quat=tip_quat, tip_vel=tip_vel,
-                              sim=CState(rows=rows, memory=memory, fresh=jnp.zeros((), bool)))
+                              sim=CState(rows=rows, fresh=jnp.zeros((), bool)))
         return out, failed
 
     def at_rest(self, physics: Physics) -> Physics:
@@ -140,15 +178,16 @@ class CBackend:
 
     def _batch(self, count: int) -> mj_batch.Batch:
         if count not in self._batches:
-            batch = mj_batch.Batch(self.spec.mj_model, count, self.threads)
-            for field in ("xpos", "xquat", "xaxis", "xanchor", "M"):  # derived fields are copied out only once bound
-                batch.bind(field)
+            batch = mj_batch.Batch(self.model, count, self.threads)
+            if not self.compiled:  # derived fields are copied out only once bound
+                for field in ("xpos", "xquat", "xaxis", "xanchor", "M"):
+                    batch.bind(field)
             self._batches[count] = batch
         return self._batches[count]
 
-    def _kinematics(self, batch: mj_batch.Batch, ids=None):
-        """(pos [k, 3], quat [k, 4], jac [k, 6, n], mass [k, n, n]) of the worlds `ids` (all if None):
-        the fingertip state MuJoCo's derived fields describe (the start of the last substep)."""
+    def _kinematics(self, batch: mj_batch.Batch, ids=None) -> np.ndarray:
+        """The controller memory [k, 7 + 6n + n n] (pos, quat, jac, mass) of the worlds `ids` (all if None)
+        that MuJoCo's derived fields describe (the start of the last substep); the NumPy law only."""
         s, n = self.spec, self.spec.num_dofs
         pick = (lambda a: a) if ids is None else (lambda a: a[ids])
         pos = pick(batch.xpos[:, s.fingertip_body])
@@ -161,9 +200,6 @@ class CBackend:
         axis_t = np.swapaxes(axis, 1, 2)
         jac = np.concatenate([np.where(self._hinge, cross, axis_t), axis_t * self._hinge], axis=1)  # [k, 6, n]
         mass = pick(batch.M)[:, self._m_gather] * self._m_mask
-        return pos, quat, jac, mass
-
-    def _pack(self, pos, quat, jac, mass) -> np.ndarray:
         k = len(pos)
         return np.concatenate([pos, quat, jac.reshape(k, -1), mass.reshape(k, -1)], axis=1)
 
@@ -173,15 +209,44 @@ class CBackend:
         return (memory[:, :3], memory[:, 3:7], memory[:, 7:7 + 6 * n].reshape(k, 6, n),
                 memory[:, 7 + 6 * n:].reshape(k, n, n))
 
-    def _host_step(self, rows, memory, fresh, qpos, socket_pos, socket_quat, pos_target, quat_target):
+    def _numpy_control_period(self, batch: mj_batch.Batch, failed: np.ndarray) -> None:
+        """`decimation` single substeps with the law evaluated in NumPy between them."""
+        s, n = self.spec, self.spec.num_dofs
+        state = batch.state
+        fresh = np.flatnonzero(state[:, self._valid] == 0)
+        if fresh.size:  # no memory yet: the first substep reads the kinematics of the start
+            batch.forward(fresh, stage=mujoco.mjtStage.mjSTAGE_POS)
+            state[fresh, self._memory] = self._kinematics(batch, fresh)
+            state[fresh, self._valid] = 1.0
+        target = state[:, self._target]
+        memory = state[:, self._memory].copy()
+        qpos_view, qvel_view, ctrl = batch.qpos, batch.qvel, batch.ctrl
+        for _ in range(s.decimation):
+            ctrl[:] = impedance_torques(*self._unpack(memory), qpos_view[:, :n], qvel_view[:, :n], target[:, :3],
+                                        target[:, 3:], self._home, self._limits, s.control, xp=np)
+            try:
+                batch.step()
+            except mj_batch.SimulationError as error:  # those worlds kept their state; the rest stepped
+                failed[error.ids] = True
+            memory = self._kinematics(batch)
+        state[:, self._memory] = memory
+
+    def _host_step(self, rows, fresh, qpos, socket_pos, socket_quat, pos_target, quat_target):
         lead = fresh.shape
         count = math.prod(lead)
         flat = lambda a, core: np.asarray(a).reshape((count,) + core)  # noqa: E731
-        s, n = self.spec, self.spec.num_dofs
-        rows, memory, fresh = _floats(flat(rows, (2 * self.nstate,))), _floats(flat(memory, (2 * self.nmem,))), \
-            flat(fresh, ()).copy()
-        pos_target = flat(pos_target, (3,)).astype(np.float64)
-        quat_target = flat(quat_target, (4,)).astype(np.float64)
+        m = self.model
+        rows, fresh = _floats(flat(rows, (2 * self.nstate,))), flat(fresh, ()).copy()
+        placed = np.flatnonzero(fresh)
+        if placed.size:
+            new = np.repeat(self._template[None], placed.size, axis=0)
+            new[:, self._slices["qpos"]] = flat(qpos, (m.nq,))[placed]
+            mocap = self.spec.socket_mocap
+            new[:, self._slices["mocap_pos"].start + 3 * mocap:][:, :3] = flat(socket_pos, (3,))[placed]
+            new[:, self._slices["mocap_quat"].start + 4 * mocap:][:, :4] = flat(socket_quat, (4,))[placed]
+            rows[placed] = new
+        rows[:, self._target] = np.concatenate([flat(pos_target, (3,)), flat(quat_target, (4,))], axis=1)
+        failed = np.zeros(count, bool)
         with self._lock:
             quiet = mujoco.get_mju_user_warning()
             mujoco.set_mju_user_warning(lambda message: None)  # failures are counted, not printed
@@ -189,39 +254,23 @@ class CBackend:
                 batch = self._batch(count)
                 batch.state[:] = rows
                 warnings_before = batch.warning[:, FAILURE_WARNINGS, 1].sum(axis=1)
-                placed = np.flatnonzero(fresh)
-                if placed.size:
-                    new = np.repeat(self._template[None], placed.size, axis=0)
-                    new[:, self._slices["qpos"]] = flat(qpos, (s.mj_model.nq,))[placed]
-                    mocap = slice(3 * s.socket_mocap, 3 * s.socket_mocap + 3)
-                    new[:, self._slices["mocap_pos"]][:, mocap] = flat(socket_pos, (3,))[placed]
-                    mocap = slice(4 * s.socket_mocap, 4 * s.socket_mocap + 4)
-                    new[:, self._slices["mocap_quat"]][:, mocap] = flat(socket_quat, (4,))[placed]
-                    batch.state[placed] = new
-                    batch.forward(placed, stage=mujoco.mjtStage.mjSTAGE_POS)
-                    memory[placed] = self._pack(*self._kinematics(batch, placed))
-                failed = np.zeros(count, bool)
-                qpos_view, qvel_view, ctrl = batch.qpos, batch.qvel, batch.ctrl
-                kinematics = self._unpack(memory)
-                for _ in range(s.decimation):
-                    ctrl[:] = impedance_torques(*kinematics, qpos_view[:, :n], qvel_view[:, :n], pos_target,
-                                                quat_target, self._home, self._limits, s.control, xp=np)
+                if self.compiled:
                     try:
-                        batch.step()
+                        batch.step(nstep=self.spec.decimation)
                     except mj_batch.SimulationError as error:  # those worlds kept their state; the rest stepped
                         failed[error.ids] = True
-                    kinematics = self._kinematics(batch)
-                memory = self._pack(*kinematics)
+                else:
+                    self._numpy_control_period(batch, failed)
                 failed |= batch.warning[:, FAILURE_WARNINGS, 1].sum(axis=1) > warnings_before
                 state = batch.state.copy()
             finally:
                 mujoco.set_mju_user_warning(quiet)
-        failed |= ~np.all(np.isfinite(state), axis=1) | ~np.all(np.isfinite(memory), axis=1)
+        failed |= ~np.all(np.isfinite(state), axis=1)
         state = np.where(failed[:, None], rows, state)  # never hand a broken row back to JAX
-        pos, quat, jac, _ = self._unpack(memory)
+        pos, quat, jac, _ = self._unpack(state[:, self._memory])
         qvel = state[:, self._slices["qvel"]]
-        tip_vel = (jac @ qvel[:, :n, None])[..., 0]
-        outputs = (_bits(state), _bits(memory), state[:, self._slices["qpos"]], qvel, pos, quat, tip_vel, failed)
-        cores = ((2 * self.nstate,), (2 * self.nmem,), (s.mj_model.nq,), (s.mj_model.nv,), (3,), (4,), (6,), ())
-        dtypes = (np.uint32, np.uint32) + (np.float32,) * 5 + (np.bool_,)
+        tip_vel = (jac @ qvel[:, :self.spec.num_dofs, None])[..., 0]
+        outputs = (_bits(state), state[:, self._slices["qpos"]], qvel, pos, quat, tip_vel, failed)
+        cores = ((2 * self.nstate,), (m.nq,), (m.nv,), (3,), (4,), (6,), ())
+        dtypes = (np.uint32,) + (np.float32,) * 5 + (np.bool_,)
         return tuple(np.asarray(o, d).reshape(lead + c) for o, c, d in zip(outputs, cores, dtypes))
