@@ -107,3 +107,65 @@ def test_unet_shapes_and_conditioning():
     np.testing.assert_allclose(np.asarray(single), np.asarray(out[0]), atol=1e-5)
     with pytest.raises(ValueError, match="divisible"):
         net.apply(params, chunk[:, :30], t, obs)
+
+
+# ---------------------------------------------------------------------------
+# chunked execution: per-environment queues
+# ---------------------------------------------------------------------------
+
+def _reference_queues(obs_seq, restart_seq, execution, prediction):
+    """Plain-Python per-environment queues with the tagging planner below."""
+    batch = obs_seq.shape[1]
+    queue, index, out = [None] * batch, [execution] * batch, []
+    for obs, restart in zip(obs_seq, restart_seq):
+        row = []
+        for i in range(batch):
+            if restart[i] or index[i] >= execution:
+                queue[i] = [obs[i] * 100 + p for p in range(prediction)][:execution]
+                index[i] = 0
+            row.append(queue[i][index[i]])
+            index[i] += 1
+        out.append(row)
+    return np.array(out)
+
+
+def test_each_environment_replans_when_its_queue_empties_or_it_restarts():
+    from refinery_jax.diffusion.chunks import empty_queue, next_actions, replan_slots
+
+    batch, execution, prediction, steps = 16, 4, 6, 14
+    assert replan_slots(batch, execution) == 10  # < batch: both the packed and the whole-batch path run
+    rng = np.random.default_rng(0)
+    obs_seq = np.arange(steps)[:, None] * 1000 + np.arange(batch)[None]  # tags: step and environment
+    restart_seq = rng.random((steps, batch)) < 0.15
+    restart_seq[5] = True  # everyone at once: the whole-batch path
+    plan = lambda keys, obs: (obs[:, :1] * 100 + jnp.arange(prediction)[None])[..., None]  # noqa: E731
+
+    @jax.jit
+    def run(obs_seq, restart_seq):
+        def body(queue, xs):
+            obs, restart = xs
+            actions, queue = next_actions(plan, jax.random.key(0), queue, obs, restart)
+            return queue, actions[:, 0]
+        return jax.lax.scan(body, empty_queue(batch, execution, 1), (obs_seq[..., None].astype(jnp.float32),
+                                                                      jnp.asarray(restart_seq)))[1]
+
+    np.testing.assert_array_equal(np.asarray(run(obs_seq, restart_seq)),
+                                  _reference_queues(obs_seq, restart_seq, execution, prediction))
+
+
+def test_a_plan_is_the_same_packed_or_in_the_whole_batch():
+    """Environment i plans with fold_in(key, i): the same chunk whether it re-plans alone
+    (packed path) or with every environment (whole-batch path)."""
+    from refinery_jax.diffusion.chunks import empty_queue, next_actions
+
+    batch, execution = 16, 4
+    plan = lambda keys, obs: jax.vmap(lambda k: jax.random.normal(k, (6, 2)))(keys)  # noqa: E731
+    obs = jnp.zeros((batch, 3))
+    full = empty_queue(batch, execution, 2)
+    one = full.replace(index=jnp.where(jnp.arange(batch) == 3, execution, 0))  # only env 3 is empty
+    key = jax.random.key(7)
+    a_all, _ = next_actions(plan, key, full, obs, jnp.zeros(batch, bool))
+    a_one, q_one = next_actions(plan, key, one, obs, jnp.zeros(batch, bool))
+    np.testing.assert_array_equal(np.asarray(a_one[3]), np.asarray(a_all[3]))
+    assert int(q_one.index[3]) == 1 and int(q_one.index[0]) == 1
+    np.testing.assert_array_equal(np.asarray(a_one[0]), 0.0)  # env 0 kept its (zero) queue

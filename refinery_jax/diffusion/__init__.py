@@ -1,5 +1,6 @@
 """Diffusion base policies over action chunks (ResiP's base, issue 19).
 
 - `schedule`: the DDPM cosine noise schedule, noising, DDIM sampling (ε-prediction);
-- `unet`: the conditional 1-D U-Net that predicts ε for a chunk of actions.
+- `unet`: the conditional 1-D U-Net that predicts ε for a chunk of actions;
+- `chunks`: per-environment action queues that re-plan inside jit (packed re-planning).
 """
