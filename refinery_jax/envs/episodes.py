@@ -30,11 +30,13 @@ class Episode(NamedTuple):
     length: jax.Array           # [] int steps until it ended (the episode length unless it diverged)
     penetration: jax.Array      # [] deepest contact penetration seen (m; MJX only, NaN on the C backend)
     displacement: jax.Array     # [] largest loose-part displacement from assembled over the episode (m; 0 if none)
+    trajectory: Any = None      # with record=True: (observations [steps, O] the actor saw, actions [steps, A])
 
 
 def run_episode(env: AssemblyEnv, actor: Actor, params, key: jax.Array, init: jax.Array,
-                start: Optional[StageStart] = None, steps: Optional[int] = None) -> Episode:
-    """Reset at `init` (and `start`), act for `steps` (default the episode length), summarise.
+                start: Optional[StageStart] = None, steps: Optional[int] = None, record: bool = False) -> Episode:
+    """Reset at `init` (and `start`), act for `steps` (default the episode length), summarise;
+    with `record`, also return the observation before each action and the action.
 
     An episode whose simulation diverged counts as a failure and stops accumulating at
     that step (the environment keeps stepping its safe fallback state to the end).
@@ -47,19 +49,20 @@ def run_episode(env: AssemblyEnv, actor: Actor, params, key: jax.Array, init: ja
     def body(carry, k):
         state, memory, ret, length, alive, deepest, moved = carry
         memory, action = actor.act(params, memory, state, k)
+        seen = (state.obs, action) if record else None
         state = env.step(state, action)
         ret = ret + jnp.where(alive, state.reward, 0.0)
         length = length + alive.astype(jnp.int32)
         deepest = jnp.maximum(deepest, penetration(state.physics))
         moved = jnp.maximum(moved, env.prior_part_displacement(state.physics))
-        return (state, memory, ret, length, alive & ~state.terminated, deepest, moved), None
+        return (state, memory, ret, length, alive & ~state.terminated, deepest, moved), seen
 
     zero = jnp.zeros(())
     carry = (state, actor.start(params), zero, jnp.zeros((), jnp.int32), jnp.ones((), bool), zero,
              env.prior_part_displacement(state.physics))
-    (state, _, ret, length, alive, deepest, moved), _ = jax.lax.scan(body, carry, jax.random.split(k_act, steps))
+    (state, _, ret, length, alive, deepest, moved), seen = jax.lax.scan(body, carry, jax.random.split(k_act, steps))
     return Episode(state=state, success=state.success & alive, returns=ret, length=length, penetration=deepest,
-                   displacement=moved)
+                   displacement=moved, trajectory=seen)
 
 
 def memoryless(act: Callable[[Any, EnvState, jax.Array], jax.Array]) -> Actor:
