@@ -169,3 +169,44 @@ def test_a_plan_is_the_same_packed_or_in_the_whole_batch():
     np.testing.assert_array_equal(np.asarray(a_one[3]), np.asarray(a_all[3]))
     assert int(q_one.index[3]) == 1 and int(q_one.index[0]) == 1
     np.testing.assert_array_equal(np.asarray(a_one[0]), 0.0)  # env 0 kept its (zero) queue
+
+
+# ---------------------------------------------------------------------------
+# behaviour cloning and planning
+# ---------------------------------------------------------------------------
+
+def test_normalizer_round_trips_and_survives_constant_dimensions():
+    from refinery_jax.diffusion.policy import fit_normalizer
+
+    x = np.array([[0.0, 5.0, 2.0], [1.0, 5.0, -2.0], [0.5, 5.0, 0.0]], np.float32)
+    norm = fit_normalizer(x)
+    u = np.asarray(norm.to_unit(x))
+    np.testing.assert_allclose(u[:, 0], [-1.0, 1.0, 0.0])
+    np.testing.assert_array_equal(u[:, 1], 0.0)  # constant: 0, not NaN
+    np.testing.assert_allclose(np.asarray(norm.from_unit(u)), x, atol=1e-6)
+    with pytest.raises(ValueError, match="non-finite"):
+        fit_normalizer(np.array([[np.nan]]))
+
+
+def test_behaviour_cloning_learns_a_conditional_chunk():
+    """Chunks that repeat (o, -o) for a scalar observation o: after BC, DDIM-4 plans recover
+    them from fresh noise (measured max error 0.05 after 1500 updates; 0.19 after 600; 0.02 with
+    DDIM-16)."""
+    from refinery_jax.diffusion.policy import DiffusionConfig, make_planner, train_bc
+
+    config = DiffusionConfig(prediction=8, execution=4, down_dims=(16, 32), step_embed_dim=16, learning_rate=3e-3,
+                             warmup_updates=50, batch_size=64, ema_decay=0.9)
+    obs = np.linspace(-1.0, 1.0, 256, dtype=np.float32)[:, None]
+    chunks = np.repeat(np.concatenate([obs, -obs], axis=1)[:, None], 8, axis=1) * 0.5 + 0.2
+    policy, losses = train_bc(config, obs, chunks, jax.random.key(0), num_updates=1500, chunk_updates=500)
+    assert losses.shape == (1500,) and float(losses[-50:].mean()) < 0.5 * float(losses[:50].mean())
+    plan = jax.jit(make_planner(config, 2))
+    probe = jnp.array([[-0.8], [0.0], [0.6]])
+    planned = plan(policy, jax.random.split(jax.random.key(1), 3), probe)
+    expected = np.repeat(np.concatenate([probe, -probe], axis=1)[:, None], 8, axis=1) * 0.5 + 0.2
+    assert planned.shape == (3, 8, 2)
+    assert float(jnp.abs(planned - expected).max()) < 0.1
+    with pytest.raises(ValueError, match="chunks"):
+        train_bc(config, obs, chunks[:, :4], jax.random.key(0), num_updates=1)
+    with pytest.raises(ValueError, match="execution"):
+        DiffusionConfig(prediction=8, execution=9)

@@ -2,5 +2,7 @@
 
 - `schedule`: the DDPM cosine noise schedule, noising, DDIM sampling (ε-prediction);
 - `unet`: the conditional 1-D U-Net that predicts ε for a chunk of actions;
-- `chunks`: per-environment action queues that re-plan inside jit (packed re-planning).
+- `chunks`: per-environment action queues that re-plan inside jit (packed re-planning);
+- `demos`: successful teacher episodes (observation the base sees, action), saved and checked;
+- `policy`: min-max normalisation, behaviour cloning (DDPM loss, AdamW, EMA) and the DDIM planner.
 """
