@@ -210,3 +210,29 @@ def test_behaviour_cloning_learns_a_conditional_chunk():
         train_bc(config, obs, chunks[:, :4], jax.random.key(0), num_updates=1)
     with pytest.raises(ValueError, match="execution"):
         DiffusionConfig(prediction=8, execution=9)
+
+
+def test_chunk_actor_executes_each_plan_then_replans():
+    """Inside run_episode (vmapped), environment i executes actions 0..E-1 of the chunk planned
+    from its observation at steps 0, E, 2E, ..."""
+    from refinery_jax.diffusion.policy import chunk_actor
+    from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+    from refinery_jax.envs.episodes import run_episode
+
+    env = AssemblyEnv(EnvConfig(backend="c", episode_seconds=10 / 15))  # 10 steps
+    execution, prediction = 4, 8
+    # the fake plan: chunk position p carries policy + 0.01 p + obs[0] / 100 of the planning step
+    plan = lambda policy, keys, obs: jnp.broadcast_to(  # noqa: E731
+        (policy + 0.01 * jnp.arange(prediction, dtype=jnp.float32) + obs[:, :1] / 100)[:, :, None], (1, prediction, 6))
+    actor = chunk_actor(plan, execution, 6)
+    inits = jnp.tile(jnp.array([0.0, 0.0, 0.015]), (2, 1))
+    policies = jnp.array([0.0, 0.5])  # one "policy" per environment, to tell them apart
+    episodes = jax.jit(jax.vmap(lambda p, k, i: run_episode(env, actor, p, k, i, record=True)))(
+        policies, jax.random.split(jax.random.key(0), 2), inits)
+    observations, actions = (np.asarray(x) for x in episodes.trajectory)  # [2, 10, O], [2, 10, 6]
+    t = np.arange(10)
+    planned_at = t - t % execution  # 0, 0, 0, 0, 4, 4, 4, 4, 8, 8
+    for i, policy in enumerate([0.0, 0.5]):
+        expected = policy + 0.01 * (t % execution) + observations[i, planned_at, 0] / 100
+        np.testing.assert_allclose(actions[i, :, 0], expected, atol=1e-6)
+    assert len(set(observations[0, planned_at, 0].round(6))) > 1  # the observation did change between plans

@@ -23,6 +23,7 @@ from flax import struct
 
 from refinery_jax.diffusion.schedule import NoiseSchedule, add_noise, cosine_schedule, ddim_sample
 from refinery_jax.diffusion.unet import DEFAULT_DOWN_DIMS, ConditionalUnet1D
+from refinery_jax.envs.episodes import Actor
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,3 +187,26 @@ def make_planner(config: DiffusionConfig, action_size: int):
         return policy.act_norm.from_unit(jax.vmap(one)(keys, obs_u))
 
     return plan
+
+
+def chunk_actor(plan, execution: int, action_size: int) -> Actor:
+    """An `episodes.Actor` (one environment; vmap it) that executes `execution` actions of each
+    chunk `plan(policy, keys [1], obs [1, O]) -> [1, P, A]` plans from its observation, then re-plans.
+
+    Under vmap the re-planning `lax.cond` becomes a select, so every step plans for every
+    environment and keeps the plan only where a queue ran out: correct, but `execution`
+    times the planning work of `chunks.next_actions`, which PPO's batched rollout uses."""
+
+    def start(policy):
+        return jnp.zeros((execution, action_size)), jnp.asarray(execution, jnp.int32)
+
+    def act(policy, carry, state, key):
+        actions, index = carry
+
+        def replan(_):
+            return plan(policy, key[None], state.obs[None])[0, :execution], jnp.zeros((), jnp.int32)
+
+        actions, index = jax.lax.cond(index >= execution, replan, lambda _: (actions, index), None)
+        return (actions, index + 1), actions[index]
+
+    return Actor(start=start, act=act)
