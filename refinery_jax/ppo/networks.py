@@ -54,11 +54,12 @@ class ActorCritic(nn.Module):
     memory: str = "none"
     memory_size: int = 128     # LSTM width, or observations in the history
     memory_layers: int = 1     # LSTM layers
+    actor_head_scale: float = 0.01  # orthogonal gain of the actor's last layer (0: a residual starts at zero)
 
     def setup(self):
         if self.memory not in MEMORIES:
             raise ValueError(f"unknown memory {self.memory!r}; choose one of {MEMORIES}")
-        self.actor = MLP(self.actor_hidden, self.action_size, self.activation, head_scale=0.01)
+        self.actor = MLP(self.actor_hidden, self.action_size, self.activation, head_scale=self.actor_head_scale)
         self.critic = MLP(self.critic_hidden, 1, self.activation, head_scale=1.0)
         self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_size,))
         if self.memory == "lstm":

@@ -34,6 +34,7 @@ from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, combine_reward
 from refinery_jax.envs.samplers import Sampler, env_uniform, step_with_reset
 from refinery_jax.imitation.reward import fresh_window, imitation_reward, push_window
 from refinery_jax.ppo import losses
+from refinery_jax.ppo.base import BasePolicy
 from refinery_jax.ppo.config import IMITATION_TERM, CurriculumConfig, PPOConfig, PPOHyperparams, default_hyperparams
 from refinery_jax.ppo.networks import (
     ActorCritic,
@@ -60,10 +61,12 @@ class TrainState:
     update: jax.Array            # [] int32 updates done
     height_offset: jax.Array     # [] curriculum offset on θ_z (m)
     hparams: PPOHyperparams
+    base_params: Any = None      # the frozen base policy's parameters (residual learning; None without a base)
+    base_carry: Any = None       # [B, ...] the base's per-environment state (its action queues)
 
 
 class Transition(NamedTuple):
-    obs: jax.Array          # [.., d] raw policy observation
+    obs: jax.Array          # [.., d] raw policy observation (with a base: [observation, base action])
     critic_obs: jax.Array   # [.., d_c] raw critic observation
     action: jax.Array       # [.., A]
     log_prob: jax.Array
@@ -137,13 +140,14 @@ def _where_done(done, new, old):
 
 
 def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: Optional[Sampler] = None,
-                 demo_paths: Optional[np.ndarray] = None) -> Trainer:
+                 demo_paths: Optional[np.ndarray] = None, base: Optional[BasePolicy] = None) -> Trainer:
     """Build the pure `init`, `update` and `policy` functions for one static config.
 
     env: defaults to `AssemblyEnv(config.env)`. sampler: reset distribution
     `key -> init [3]`, default uniform over the env's θ box. demo_paths: [N, T, 3]
     reversed disassembly paths (`Demos.assembly_paths()`), required iff
-    `config.imitation` is set.
+    `config.imitation` is set. base: a frozen base policy; PPO then learns a residual on
+    top of it (`ppo.base`; its parameters go to `init`), with a zero-initialised actor head.
     """
     env = AssemblyEnv(config.env) if env is None else env
     sampler = env_uniform(env) if sampler is None else sampler
@@ -153,8 +157,13 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             raise ValueError("config.imitation is set: pass demo_paths [N, T, 3] (Demos.assembly_paths())")
         paths = jnp.asarray(demo_paths, jnp.float32)
     history = imit.history if imit is not None else 1
+    if base is not None and base.action_size != env.action_size:
+        raise ValueError(f"the base acts in {base.action_size} dimensions, the environment in {env.action_size}")
+    # with a base, the actor sees [observation, base action] and starts at a zero residual
+    obs_size = env.observation_size + (0 if base is None else base.action_size)
     model = ActorCritic(env.action_size, config.actor_hidden, config.critic_hidden, config.activation,
-                        config.memory, config.memory_size, config.memory_layers)
+                        config.memory, config.memory_size, config.memory_layers,
+                        actor_head_scale=0.01 if base is None else 0.0)
     B = config.num_envs
 
     def shifted(offset) -> Sampler:
@@ -172,11 +181,19 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     @jax.custom_batching.sequential_vmap
     def init_params(key):
         critic_size = env.critic_observation_size if config.asymmetric_critic else env.observation_size
-        return model.init(key, jnp.zeros(env.observation_size), jnp.zeros(critic_size),
-                          initial_carry(model, (), env.observation_size))
+        return model.init(key, jnp.zeros(obs_size), jnp.zeros(critic_size), initial_carry(model, (), obs_size))
 
-    def init(key: jax.Array, hparams: Optional[PPOHyperparams] = None) -> TrainState:
+    def policy_input(states: EnvState, base_params, base_carry, key):
+        """(the actor's observation [B, d], base actions [B, A] or None, the base's carry)."""
+        if base is None:
+            return states.obs, None, base_carry
+        base_action, base_carry = base.act(base_params, base_carry, states.obs, key)
+        return jnp.concatenate([states.obs, base_action], axis=-1), base_action, base_carry
+
+    def init(key: jax.Array, hparams: Optional[PPOHyperparams] = None, base_params: Any = None) -> TrainState:
         hp = default_hyperparams(config) if hparams is None else hparams
+        if (base is None) != (base_params is None):
+            raise ValueError("pass base_params exactly when the trainer has a base policy")
         key, k_params, k_inits, k_resets, k_clock = jax.random.split(key, 5)
         params = flax.core.unfreeze(init_params(k_params))
         params["params"]["log_std"] = jnp.full(env.action_size, hp.init_log_std)
@@ -188,15 +205,18 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         if config.stagger_starts:
             elapsed = jax.random.randint(k_clock, (B,), 0, env.config.episode_steps)
             states = jax.vmap(env.advance_clock)(states, elapsed)
-        obs_stats, critic_stats = init_stats(env.observation_size), init_stats(critic_input(states).shape[-1])
+        # the base's first actions (from its state after these) seed the statistics of the actor's input
+        base_carry = None if base is None else base.start(B)
+        first_input, _, base_carry = policy_input(states, base_params, base_carry, jax.random.fold_in(k_clock, 1))
+        obs_stats, critic_stats = init_stats(obs_size), init_stats(critic_input(states).shape[-1])
         if config.normalize_obs:
-            obs_stats, critic_stats = update_stats(obs_stats, states.obs), update_stats(critic_stats, critic_input(states))
+            obs_stats, critic_stats = update_stats(obs_stats, first_input), update_stats(critic_stats, critic_input(states))
         window = jax.vmap(lambda p: fresh_window(p, history))(_goal_relative_fingertip(env, states))
         return TrainState(params=params, opt_state=make_optimizer(config, hp).init(params), obs_stats=obs_stats,
                           critic_stats=critic_stats, env_state=states,
-                          policy_carry=initial_carry(model, (B,), env.observation_size), window=window,
+                          policy_carry=initial_carry(model, (B,), obs_size), window=window,
                           episode_return=jnp.zeros(B), key=key, update=jnp.zeros((), jnp.int32),
-                          height_offset=offset, hparams=hp)
+                          height_offset=offset, hparams=hp, base_params=base_params, base_carry=base_carry)
 
     def rollout(state: TrainState, key: jax.Array):
         hp = state.hparams
@@ -204,15 +224,18 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         env_weights = {k: v for k, v in hp.reward_weights.items() if k != IMITATION_TERM}
 
         def act(carry, key):
-            states, memory, window, ep_return = carry
+            states, memory, window, ep_return, base_carry = carry
             k_act, k_env = jax.random.split(key)
-            obs_n = normalize(state.obs_stats, states.obs, config.obs_clip)
+            # (a key of its own for the base, leaving the streams of base-free runs as they were)
+            obs, base_action, base_carry = policy_input(states, state.base_params, base_carry, jax.random.fold_in(key, 1))
+            obs_n = normalize(state.obs_stats, obs, config.obs_clip)
             cobs_n = normalize(state.critic_stats, critic_input(states), config.obs_clip)
             next_memory, mean, log_std = model.apply(state.params, obs_n, memory, method=ActorCritic.policy)
             value = model.apply(state.params, cobs_n, method=ActorCritic.value)
             dist = action_distribution(mean, log_std)
             action = dist.sample(seed=k_act)
-            next_states, stepped = step(k_env, states, action)
+            env_action = action if base is None else base_action + base.scale * action
+            next_states, stepped = step(k_env, states, env_action)
             next_value = model.apply(state.params, normalize(state.critic_stats, critic_input(stepped), config.obs_clip),
                                      method=ActorCritic.value)
             reward = combine_reward(stepped.terms, env_weights)
@@ -228,13 +251,15 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             ep_return = ep_return + reward
             info = dict(reward=reward, imitation=r_imit, done=done, success=stepped.success & stepped.truncated,
                         final_return=jnp.where(done, ep_return, 0.0))
-            transition = Transition(obs=states.obs, critic_obs=critic_input(states), action=action,
+            transition = Transition(obs=obs, critic_obs=critic_input(states), action=action,
                                     log_prob=dist.log_prob(action), value=value, next_value=next_value,
                                     reward=reward * hp.reward_scale, terminated=stepped.terminated, done=done)
-            carry = (next_states, restart_carry(next_memory, done), window, jnp.where(done, 0.0, ep_return))
+            if base is not None:
+                base_carry = base.restart(base_carry, done)
+            carry = (next_states, restart_carry(next_memory, done), window, jnp.where(done, 0.0, ep_return), base_carry)
             return carry, (transition, info)
 
-        carry = (state.env_state, state.policy_carry, state.window, state.episode_return)
+        carry = (state.env_state, state.policy_carry, state.window, state.episode_return, state.base_carry)
         carry, (batch, info) = jax.lax.scan(act, carry, jax.random.split(key, config.num_steps))
         return carry, batch, info
 
@@ -257,7 +282,7 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     def update(state: TrainState) -> tuple[TrainState, UpdateMetrics]:
         hp = state.hparams
         key, k_roll, k_epochs = jax.random.split(state.key, 3)
-        (env_state, memory, window, ep_return), batch, info = rollout(state, k_roll)
+        (env_state, memory, window, ep_return, base_carry), batch, info = rollout(state, k_roll)
         advantages, returns = losses.gae(batch.reward, batch.value, batch.next_value, batch.terminated, batch.done,
                                          hp.gamma, hp.gae_lambda)
         # the memory restarts after every episode end (the first step of a rollout starts from the
@@ -303,7 +328,7 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             **{k: jnp.mean(v) for k, v in stats.items()})
         new_state = state.replace(params=params, opt_state=opt_state, obs_stats=obs_stats, critic_stats=critic_stats,
                                   env_state=env_state, policy_carry=memory, window=window, episode_return=ep_return,
-                                  key=key,
+                                  key=key, base_carry=base_carry,
                                   update=state.update + 1, height_offset=offset)
         return new_state, metrics
 
