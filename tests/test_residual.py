@@ -64,3 +64,79 @@ def test_the_base_is_a_traced_input_and_its_scale_matters():
         trainer.init(jax.random.key(0), hp)
     with pytest.raises(ValueError, match="acts in 3 dimensions"):
         make_trainer(SMOKE, base=memoryless_base(lambda p, o: o[..., :3], 3))
+
+
+# ---------------------------------------------------------------------------
+# the bases and the residual actor (refinery_jax.residual.bases)
+# ---------------------------------------------------------------------------
+
+def _policy(model, obs_size, key):
+    from refinery_jax.ppo.networks import initial_carry
+    from refinery_jax.ppo.normalization import init_stats
+    from refinery_jax.ppo.networks import Policy
+
+    params = model.init(key, jnp.zeros(obs_size), jnp.zeros(obs_size), initial_carry(model, (), obs_size))
+    return Policy(params=params, obs_stats=init_stats(obs_size))
+
+
+def test_diffusion_base_plays_each_chunk_and_replans_after_a_restart():
+    from refinery_jax.diffusion.policy import DiffusionConfig, DiffusionPolicy, fit_normalizer, init_bc, make_planner
+    from refinery_jax.residual.bases import diffusion_base
+
+    config = DiffusionConfig(prediction=8, execution=4, down_dims=(8, 16), step_embed_dim=8)
+    obs_size, batch = 5, 3
+    state = init_bc(config, jax.random.key(0), obs_size, 6, 10)
+    unit = jnp.stack([-jnp.ones(6), jnp.ones(6)])
+    policy = DiffusionPolicy(params=state.params, obs_norm=fit_normalizer(jnp.stack([-jnp.ones(obs_size),
+                                                                                     jnp.ones(obs_size)])),
+                             act_norm=fit_normalizer(unit))
+    base = diffusion_base(config, 6)
+    obs = jax.random.normal(jax.random.key(1), (batch, obs_size))
+    key = jax.random.key(2)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batch))
+    chunks = make_planner(config, 6)(policy, keys, obs)
+    queue = base.start(batch)
+    first, queue = base.act(policy, queue, obs, key)
+    second, queue = base.act(policy, queue, obs + 1.0, jax.random.key(3))  # no re-plan: still the first chunk
+    np.testing.assert_allclose(np.asarray(first), np.asarray(chunks[:, 0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(second), np.asarray(chunks[:, 1]), atol=1e-6)
+    queue = base.restart(queue, jnp.array([False, True, False]))
+    third, _ = base.act(policy, queue, obs, key)  # env 1 re-plans (same key and obs: its first action again)
+    np.testing.assert_allclose(np.asarray(third[1]), np.asarray(chunks[1, 0]), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(third[0]), np.asarray(chunks[0, 2]), atol=1e-6)
+
+
+def test_residual_actor_is_the_base_plus_the_scaled_correction():
+    from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+    from refinery_jax.envs.episodes import run_episode
+    from refinery_jax.residual.bases import residual_actor, specialist_base, specialist_base_actor
+
+    env = AssemblyEnv(EnvConfig(backend="c", episode_seconds=5 / 15))
+    o = env.observation_size
+    specialist = ActorCritic(6, (8,), (8,), "tanh")
+    base_policy = _policy(specialist, o, jax.random.key(4))
+    residual_model = ActorCritic(6, (8,), (8,), "tanh", actor_head_scale=0.0)
+    residual = _policy(residual_model, o + 6, jax.random.key(5))
+    inits = jnp.tile(jnp.array([0.002, -0.001, 0.015]), (2, 1))
+    keys = jax.random.split(jax.random.key(6), 2)
+
+    def actions(actor, params):
+        run = jax.vmap(lambda k, i: run_episode(env, actor, params, k, i, record=True))
+        return np.asarray(jax.jit(run)(keys, inits).trajectory[1])
+
+    base_only = actions(specialist_base_actor(specialist, o), base_policy)
+    combined = residual_actor(specialist_base_actor(specialist, o), residual_model, o, scale=0.1)
+    np.testing.assert_allclose(actions(combined, (base_policy, residual, True)), base_only, atol=1e-6)  # zero head
+    # a non-zero residual adds 0.1 x its mean: make its last-layer bias 1
+    shifted = jax.tree_util.tree_map_with_path(
+        lambda path, x: jnp.ones_like(x) if "actor" in str(path) and "Dense_1" in str(path) and "bias" in str(path) else x,
+        residual.params)
+    moved = actions(combined, (base_policy, residual.replace(params=shifted), True))
+    assert np.abs(moved - base_only).max() > 0.05  # it acts, and the episodes diverge from the base's
+    np.testing.assert_allclose(moved[:, 0], base_only[:, 0] + 0.1, atol=1e-6)  # the first step: exactly +0.1
+    # the batched base (for PPO) gives the per-environment actor's actions
+    states = jax.vmap(env.reset)(keys, inits)
+    batched, _ = specialist_base(specialist).act(base_policy, jnp.zeros((2, 0)), states.obs, jax.random.key(0))
+    _, single = specialist_base_actor(specialist, o).act(base_policy, jnp.zeros(0), jax.tree.map(lambda x: x[1], states),
+                                                         jax.random.key(0))
+    np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(single), atol=1e-6)
