@@ -68,3 +68,19 @@ def test_saved_demos_reload_and_are_never_overwritten(env, collected, tmp_path):
         # 2 steps per episode: no insertion can finish
         demo_io.collect(AssemblyEnv(EnvConfig(backend="c", episode_seconds=2 / 15)), num_demos=1, batch=8,
                         max_attempts=8)
+
+
+def test_collect_demos_script(load_script_main, tmp_path):
+    import pathlib
+
+    main = load_script_main(pathlib.Path(__file__).parents[1] / "experiments" / "collect_demos.py")
+    out = tmp_path / "d.npz"
+    with pytest.raises(SystemExit):
+        main(["--out", str(tmp_path / "d.txt")])  # not .npz: refused before anything runs
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--task", "no_such_task"])
+    summary = main(["--out", str(out), "--demos", "2", "--batch", "8", "--seed", "1"])
+    assert summary["num_demos"] == 2 and summary["backend"] == "c" and 0 < summary["teacher_success"] <= 1
+    assert demo_io.load(out).observations.shape[0] == 2 and out.with_suffix(".json").exists()
+    with pytest.raises(SystemExit):
+        main(["--out", str(out)])  # never overwritten
