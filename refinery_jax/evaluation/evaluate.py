@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from refinery_jax.envs.assembly_env import AssemblyEnv
-from refinery_jax.envs.episodes import run_episode
+from refinery_jax.envs.episodes import Actor, run_episode
 from refinery_jax.ppo.networks import ActorCritic, Policy, policy_actor
 
 
@@ -29,30 +29,24 @@ class EvalResult(NamedTuple):
     lengths: jax.Array   # [N] int, steps until the episode ended (episode_steps unless it diverged)
 
 
-def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, obs_clip: float = 5.0,
-                  episode_steps: Optional[int] = None):
-    """Build `evaluate(policy, inits [N, 3], key, deterministic=True) -> EvalResult` (jitted).
+def make_evaluate_actor(env: AssemblyEnv, actor: Actor, batch_size: int = 256, episode_steps: Optional[int] = None):
+    """Build `evaluate(params, inits [N, d], key) -> EvalResult` (jitted) for any episode-loop
+    `Actor` (a PPO policy, a chunked diffusion base, a base plus residual, a script).
+    episode_steps: defaults to the environment's episode length (75 at 15 Hz x 5 s)."""
 
-    deterministic ([] bool, traced: both modes share one compile): act with the
-    Gaussian's mean, or sample actions. episode_steps: defaults to the environment's
-    episode length (75 at 15 Hz x 5 s).
-    """
-    actor = policy_actor(model, env.observation_size, obs_clip)
-
-    def episode(policy: Policy, deterministic: jax.Array, key: jax.Array, init: jax.Array):
-        out = run_episode(env, actor, (policy, deterministic), key, init, steps=episode_steps)
+    def episode(params, key: jax.Array, init: jax.Array):
+        out = run_episode(env, actor, params, key, init, steps=episode_steps)
         return EvalResult(inits=out.state.info.init, ik_residual=out.state.info.ik_residual, success=out.success,
                           returns=out.returns, lengths=out.length)
 
     @jax.jit
-    def evaluate(policy: Policy, inits: jax.Array, key: jax.Array, deterministic=True) -> EvalResult:
+    def evaluate(params, inits: jax.Array, key: jax.Array) -> EvalResult:
         inits = jnp.asarray(inits, jnp.float32)
         if inits.ndim != 2 or inits.shape[1] != env.theta_size:
             raise ValueError(f"inits must be [N, {env.theta_size}] initial conditions θ, got shape {inits.shape}")
         n = inits.shape[0]
         keys = jax.random.split(key, n)
-        deterministic = jnp.asarray(deterministic, bool)
-        run = jax.vmap(lambda k, i: episode(policy, deterministic, k, i))
+        run = jax.vmap(lambda k, i: episode(params, k, i))
         if n <= batch_size:
             return run(keys, inits)
         # pad to whole batches (one compiled batch shape, no remainder path), then drop the padding
@@ -60,5 +54,19 @@ def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, o
         keys, inits = (jnp.concatenate([x, x[:pad]]) for x in (keys, inits))
         out = jax.lax.map(lambda xs: run(*xs), (keys.reshape(-1, batch_size), inits.reshape(-1, batch_size, inits.shape[1])))
         return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], out)
+
+    return evaluate
+
+
+def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, obs_clip: float = 5.0,
+                  episode_steps: Optional[int] = None):
+    """Build `evaluate(policy, inits [N, 3], key, deterministic=True) -> EvalResult` for a PPO policy.
+
+    deterministic ([] bool, traced: both modes share one compile): act with the
+    Gaussian's mean, or sample actions."""
+    run = make_evaluate_actor(env, policy_actor(model, env.observation_size, obs_clip), batch_size, episode_steps)
+
+    def evaluate(policy: Policy, inits: jax.Array, key: jax.Array, deterministic=True) -> EvalResult:
+        return run((policy, jnp.asarray(deterministic, bool)), inits, key)
 
     return evaluate
