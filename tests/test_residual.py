@@ -140,3 +140,34 @@ def test_residual_actor_is_the_base_plus_the_scaled_correction():
     _, single = specialist_base_actor(specialist, o).act(base_policy, jnp.zeros(0), jax.tree.map(lambda x: x[1], states),
                                                          jax.random.key(0))
     np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(single), atol=1e-6)
+
+
+def _script(load_script_main):
+    import pathlib
+
+    return load_script_main(pathlib.Path(__file__).parents[1] / "experiments" / "residual.py")
+
+
+def test_residual_script_refuses_bad_arguments_before_running(load_script_main, tmp_path):
+    main = _script(load_script_main)
+    for bad in (["--residual-updates", "15"], ["--residual-scale", "0"], ["--task", "nope"],
+                ["--demos-file", str(tmp_path / "missing.npz")], ["--down-dims", "8", "16", "32", "64", "128", "256", "512"]):
+        with pytest.raises(SystemExit):
+            main(["--out", str(tmp_path / "run")] + bad)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_residual_script_end_to_end_and_resume(load_script_main, tmp_path):
+    """Tiny budgets (about 3 min on 2 CPUs): demos, BC, residual PPO, paired table; then
+    --resume after losing the results reloads the bases and the residual instead of training."""
+    main = _script(load_script_main)
+    argv = ["--demos", "4", "--bc-updates", "20", "--down-dims", "8", "16", "--residual-updates", "10",
+            "--eval-trials", "8", "--out", str(tmp_path / "run")]
+    first = main(argv)
+    assert set(first["rows"]) == {"base", "base_residual"} and first["eval_trials"] == 8
+    assert first["rows"]["base_residual"]["vs_base"]["ci_method"].startswith("agresti_min")
+    (tmp_path / "run" / "results.json").unlink()
+    again = main(argv + ["--resume"])
+    assert again["rows"] == first["rows"]  # same bases, same residual, same paired trials
+    assert "loaded the saved base policies" in (tmp_path / "run" / "log.txt").read_text()

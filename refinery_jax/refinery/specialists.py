@@ -81,7 +81,8 @@ def run_identity(spec: Preset, task: str, preset: str, seeds, extra=()) -> dict:
 def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array, chunk_updates: int,
                       checkpoint_dir: Optional[pathlib.Path] = None, meta: Optional[dict] = None,
                       resume: bool = False, progress: Callable = print,
-                      warm_start: Optional[TrainState] = None, logger=None, tag: str = "train") -> TrainState:
+                      warm_start: Optional[TrainState] = None, logger=None, tag: str = "train",
+                      base_params=None) -> TrainState:
     """Train one specialist per key ([S]) for `trainer.config.num_updates` updates; returns TrainState [S].
 
     With `checkpoint_dir`, the stacked state is saved after every chunk and, with
@@ -89,14 +90,18 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
     warm_start: trained specialists [S] (any task with the same network sizes) whose
     parameters and observation statistics seed seed s's run (a fresh optimiser;
     environments and curriculum of this task). logger: a `logging_utils.ScalarLogger`
-    (per-update metrics of seed 0 and the mean over seeds, under `tag/`).
+    (per-update metrics of seed 0 and the mean over seeds, under `tag/`). base_params: with a
+    trainer that learns a residual (`make_trainer(..., base=...)`), each seed's frozen base [S].
     """
     from refinery_jax.logging_utils import progress_bar  # noqa: PLC0415
 
     config = trainer.config
     if config.num_updates % chunk_updates:
         raise ValueError(f"num_updates {config.num_updates} is not a multiple of chunk_updates {chunk_updates}")
-    state = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, hparams)
+    if base_params is None:
+        state = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, hparams)
+    else:
+        state = jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0)))(keys, hparams, base_params)
     if warm_start is not None:
         shapes = lambda t: jax.tree.map(jnp.shape, (t.params, t.obs_stats, t.critic_stats))  # noqa: E731
         if shapes(warm_start) != shapes(state):

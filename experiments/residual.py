@@ -1,0 +1,217 @@
+"""Residual policies (ResiP) on one task: a diffusion base cloned from teacher demos, a residual
+trained by PPO on top of it, both evaluated on the same fresh trials.
+
+    python experiments/residual.py --task square_peg --seeds 1 --out runs/residual_square_peg
+
+Stages, each saved in --out and skipped by --resume once finished:
+
+  demos.npz    --demos successful episodes of the scripted teacher (seed 0; or --demos-file)
+  base/        per seed, behaviour cloning of the diffusion base (`diffusion.policy`):
+               --bc-updates updates at batch 256, chunks of 32 actions, 8 executed
+  residual/    per seed, PPO (the quick preset's recipe, --residual-updates updates) of a
+               residual on the frozen base (`ppo.base`, `residual.bases`): the actor sees
+               [observation, base action], the environment gets base + --residual-scale x residual
+  results.json, table.txt
+               base and base + residual (residual mean actions) on the same --eval-trials
+               uniform θ and episode keys per seed: success with Wilson 95 % CIs, and the
+               paired difference (t over seeds, or Agresti-Min for one seed; exact McNemar)
+
+Also config.json, log.txt, tensorboard/ and metrics.jsonl (BC loss, residual training).
+Not yet: the PPO-from-scratch and MLP-BC rows, and Refinery on top (issue 19).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import time
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
+from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
+
+BASE_DIR, RESIDUAL_DIR, DEMOS_FILE = "base", "residual", "demos.npz"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    from refinery_jax.refinery.presets import add_backend_argument, resolve_backend_arg
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK})")
+    parser.add_argument("--embodiment", default="floating_hand", help="floating_hand (default) or franka")
+    add_backend_argument(parser)
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (default 1)")
+    parser.add_argument("--out", required=True, type=pathlib.Path, help="run directory")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
+    group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
+    parser.add_argument("--demos", type=int, default=300, help="teacher demos to collect (default 300)")
+    parser.add_argument("--demos-file", type=pathlib.Path, default=None,
+                        help="use these demos (experiments/collect_demos.py) instead of collecting")
+    parser.add_argument("--bc-updates", type=int, default=3000, help="behaviour-cloning updates per seed")
+    parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="U-Net widths (default 32 64 128)")
+    parser.add_argument("--residual-updates", type=int, default=100,
+                        help="PPO updates of the residual (a multiple of 10; default 100)")
+    parser.add_argument("--residual-scale", type=float, default=0.1, help="residual action scale (ResiP: 0.1)")
+    parser.add_argument("--eval-trials", type=int, default=1000, help="fresh trials per row and seed")
+    args = parser.parse_args(argv)
+    resolve_backend_arg(parser, args)
+    if args.task not in task_names():
+        parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
+    if min(args.seeds, args.demos, args.bc_updates, args.residual_updates, args.eval_trials) < 1:
+        parser.error("--seeds, --demos, --bc-updates, --residual-updates and --eval-trials must be positive")
+    if args.residual_updates % 10:
+        parser.error("--residual-updates must be a multiple of 10 (the quick preset's chunk)")
+    if not 0 < args.residual_scale <= 1:
+        parser.error("--residual-scale must be in (0, 1]")
+    if args.demos_file is not None and not args.demos_file.exists():
+        parser.error(f"no demo file at {args.demos_file}")
+    from refinery_jax.diffusion.policy import DiffusionConfig
+
+    try:
+        args.diffusion = DiffusionConfig(**({} if args.down_dims is None else {"down_dims": tuple(args.down_dims)}))
+    except ValueError as error:
+        parser.error(str(error))
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", DEMOS_FILE))
+    out, started = args.out, time.time()
+    out.mkdir(parents=True, exist_ok=True)
+
+    import jax
+    import numpy as np
+
+    from refinery_jax.checkpoints import (config_fingerprint, latest_step, restore_checkpoint, save_checkpoint,
+                                          template_from_shapes)
+    from refinery_jax.compile_cache import enable_compile_cache
+    from refinery_jax.diffusion import demos as demo_io
+    from refinery_jax.diffusion.policy import train_bc
+    from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+    from refinery_jax.envs.samplers import env_uniform
+    from refinery_jax.evaluation import make_evaluate_actor
+    from refinery_jax.logging_utils import RunLog, ScalarLogger, progress_bar
+    from refinery_jax.ppo import default_hyperparams, make_trainer
+    from refinery_jax.ppo.presets import preset
+    from refinery_jax.refinery.specialists import seed_keys, train_specialists
+    from refinery_jax.refinery.stats import paired_difference, wilson_interval
+    from refinery_jax.residual.bases import diffusion_base, diffusion_base_actor, residual_actor
+
+    enable_compile_cache()
+    dcfg, seeds = args.diffusion, list(range(args.seeds))
+    spec = preset("quick", args.task, args.backend, args.embodiment)
+    config = dataclasses.replace(spec.config, num_updates=args.residual_updates)
+    run_id = {"fingerprint": config_fingerprint((dcfg, config, args.residual_scale, args.demos, args.bc_updates,
+                                                 str(args.demos_file), seeds)),
+              "task": args.task, "seeds": seeds, "backend": args.backend, "embodiment": args.embodiment}
+    log = RunLog(out)
+    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items()},
+                           "diffusion": dataclasses.asdict(dcfg), "ppo": dataclasses.asdict(config),
+                           "hparams": spec.hparams, "jax_version": jax.__version__,
+                           "device": str(jax.devices()[0])}, resume)
+    env = AssemblyEnv(config.env)
+    action_size = env.action_size
+
+    # demos
+    demo_path = out / DEMOS_FILE
+    if args.demos_file is not None:
+        demos = demo_io.load(args.demos_file, env)
+    elif demo_path.exists():
+        demos = demo_io.load(demo_path, env)
+    else:
+        demos = demo_io.collect(env, args.demos, seed=0)
+        demo_io.save(demos, demo_path)
+    log(f"demos: {len(demos)} (teacher {demos.meta['teacher']}, success {demos.meta['teacher_success']:.3f} over "
+        f"{demos.meta['attempts']} rollouts)")
+    obs, chunks = demo_io.chunk_dataset(demos, dcfg.prediction)
+
+    k_train, k_eval, _ = seed_keys(seeds)
+    with ScalarLogger(out) as logger:
+        # behaviour cloning, seed after seed (or the saved bases)
+        base_dir = out / BASE_DIR
+        if latest_step(base_dir) is None:
+            t_bc, policies = time.time(), []
+            for s in seeds:
+                with progress_bar(args.bc_updates, f"BC seed {s}", "update") as bar:
+                    def report(done, loss, s=s, bar=bar):
+                        bar.update(done - bar.n)
+                        logger.log(done, {f"bc/seed_{s}/loss": loss})
+                    policy, _ = train_bc(dcfg, obs, chunks, jax.random.fold_in(k_train[s], 1), args.bc_updates,
+                                         progress=report)
+                policies.append(policy)
+            stacked = jax.tree.map(lambda *x: jax.numpy.stack(x), *policies)
+            save_checkpoint(base_dir, args.bc_updates, stacked, run_id)
+            log(f"behaviour cloning: {args.bc_updates} updates per seed in {time.time() - t_bc:.0f} s")
+        else:
+            shapes = jax.eval_shape(lambda: jax.tree.map(lambda *x: jax.numpy.stack(x), *[
+                base_template(dcfg, obs.shape[-1], action_size) for _ in seeds]))
+            stacked, _ = restore_checkpoint(base_dir, template_from_shapes(shapes), expected_meta=run_id)
+            log("behaviour cloning: loaded the saved base policies")
+
+        # residual PPO on the frozen bases
+        base = diffusion_base(dcfg, action_size, args.residual_scale)
+        trainer = make_trainer(config, env, base=base)
+        hparams = default_hyperparams(config, **spec.hparams)
+        t_res = time.time()
+        state = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / RESIDUAL_DIR, run_id, resume,
+                                  log, logger=logger, tag="residual", base_params=stacked)
+        residual_wall = time.time() - t_res
+
+    # paired evaluation: the same θ and episode keys for both rows of a seed
+    t_eval = time.time()
+    split = jax.vmap(lambda k: jax.random.split(k, 2))(k_eval)
+    inits = jax.vmap(lambda k: jax.vmap(env_uniform(env))(jax.random.split(k, args.eval_trials)))(split[:, 0])
+    base_eval = make_evaluate_actor(env, diffusion_base_actor(dcfg, action_size))
+    combined_eval = make_evaluate_actor(env, residual_actor(diffusion_base_actor(dcfg, action_size), trainer.model,
+                                                            env.observation_size, args.residual_scale,
+                                                            config.obs_clip))
+    residuals = jax.vmap(trainer.policy)(state)
+    rows = {"base": [], "base_residual": []}
+    for s in seeds:
+        pick = lambda tree, s=s: jax.tree.map(lambda x: x[s], tree)  # noqa: E731
+        rows["base"].append(np.asarray(base_eval(pick(stacked), inits[s], split[s, 1]).success))
+        rows["base_residual"].append(np.asarray(combined_eval((pick(stacked), pick(residuals), True), inits[s],
+                                                              split[s, 1]).success))
+    eval_wall = time.time() - t_eval
+    results = {**run_id, "eval_trials": args.eval_trials, "demos": demos.meta, "rows": {},
+               "residual_env_steps": int(config.total_env_steps), "residual_wall_s": residual_wall,
+               "eval_wall_s": eval_wall, "wall_s": time.time() - started}
+    lines = [f"{args.task}: {args.eval_trials} fresh trials per seed, seeds {seeds}",
+             f"{'row':16s} {'success':>8s} {'95% CI':>16s} {'vs base':>8s} {'95% CI':>18s} {'McNemar p':>10s}"]
+    for name, outcome in rows.items():
+        outcome = np.stack(outcome)
+        low, high = wilson_interval(int(outcome.sum()), outcome.size)
+        entry = {"success": float(outcome.mean()), "per_seed": outcome.mean(axis=1).tolist(), "wilson95": [low, high]}
+        diff = paired_difference(outcome, np.stack(rows["base"])) if name != "base" else None
+        entry["vs_base"] = diff
+        results["rows"][name] = entry
+        vs = "" if diff is None else (f"{diff['difference']:+8.3f} [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] "
+                                      f"{diff['mcnemar_p']:10.3g}")
+        lines.append(f"{name:16s} {entry['success']:8.3f} [{low:.3f}, {high:.3f}] {vs}")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    (out / "table.txt").write_text("\n".join(lines) + "\n")
+    log("\n" + "\n".join(lines))
+    return results
+
+
+def base_template(config, obs_size: int, action_size: int):
+    """One seed's `DiffusionPolicy` of the right shapes (to restore the saved bases)."""
+    import jax
+    import jax.numpy as jnp
+
+    from refinery_jax.diffusion.policy import DiffusionPolicy, Normalizer, init_bc
+
+    params = init_bc(config, jax.random.key(0), obs_size, action_size, 1).ema
+    norm = lambda d: Normalizer(low=jnp.zeros(d), high=jnp.zeros(d))  # noqa: E731
+    return DiffusionPolicy(params=params, obs_norm=norm(obs_size), act_norm=norm(action_size))
+
+
+if __name__ == "__main__":
+    main()
