@@ -94,7 +94,7 @@ def main(argv=None) -> dict:
     from refinery_jax.compile_cache import enable_compile_cache
     from refinery_jax.diffusion import demos as demo_io
     from refinery_jax.diffusion.policy import train_bc
-    from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
+    from refinery_jax.envs.assembly_env import AssemblyEnv
     from refinery_jax.envs.samplers import env_uniform
     from refinery_jax.evaluation import make_evaluate_actor
     from refinery_jax.logging_utils import RunLog, ScalarLogger, progress_bar

@@ -19,7 +19,6 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from refinery_jax.envs.assembly_env import AssemblyEnv
