@@ -264,3 +264,60 @@ def test_registry_lists_the_multipart_assemblies():
     assert set(MULTIPART_ASSEMBLIES) == set(multipart_names())
     with pytest.raises(ValueError, match="ASSEMBLY/i"):
         registry.get_assembly("peg_tower/x")
+
+
+# ------------------------------------------------------------------ a stage scored against the part it goes into
+
+
+def test_mates_are_earlier_parts_and_a_stack_mates_with_the_block_below():
+    for name in multipart_names():
+        assembly = get_multipart(name)
+        for index, part in enumerate(assembly.parts):
+            assert part.mate is None or 0 <= part.mate < index, (name, part.name)
+            assert assembly.stage(index).mate == part.mate
+            assert assembly.stage(index, free_prior_parts=False).mate is None  # merged into the fixed socket
+    tower = get_multipart("peg_tower")
+    assert [p.mate for p in tower.parts] == [None, 0, 1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def tower_stage():
+    env = AssemblyEnv(EnvConfig(task="peg_tower/2"))  # block_2 into block_1, which sits on block_0
+    state = jax.jit(env.reset)(jax.random.key(3), jnp.zeros(3))  # the tip at its goal
+    return env, state, jax.jit(env.advance_clock)
+
+
+def test_goal_follows_the_mating_part_rigidly(tower_stage):
+    """The goal moves with block_1's rigid motion from its assembled pose: a shift moves it by
+    the shift, a yaw of 90° about the part's origin turns the goal's offset from that origin."""
+    env, state, _ = tower_stage
+    d, info = state.physics, state.info
+    adr = int(env._free_qposadr[1])  # noqa: SLF001
+    goal, goal_quat = (np.asarray(x) for x in env.goal_pose(d, info))
+    # at reset (block_1 sunk by 2 x LOOSE_PART_SINK) the goal is the episode's
+    assert np.allclose(goal, np.asarray(info.goal_pos), atol=3 * LOOSE_PART_SINK)
+    shift = np.array([0.0008, -0.0003, 0.0002])
+    moved = d.replace(qpos=d.qpos.at[adr: adr + 3].add(jnp.asarray(shift)))
+    assert np.allclose(np.asarray(env.goal_pose(moved, info)[0]), goal + shift, atol=1e-7)
+    yaw = jnp.array([np.cos(np.pi / 4), 0.0, 0.0, np.sin(np.pi / 4)])  # 90° about world z
+    part_pos, part_quat = np.asarray(d.qpos[adr: adr + 3]), d.qpos[adr + 3: adr + 7]
+    turned = d.replace(qpos=d.qpos.at[adr + 3: adr + 7].set(quat_mul(yaw, part_quat)))
+    offset = goal - part_pos
+    expected = part_pos + np.array([-offset[1], offset[0], offset[2]])
+    turned_goal, turned_quat = env.goal_pose(turned, info)
+    assert np.allclose(np.asarray(turned_goal), expected, atol=1e-7)
+    assert np.allclose(np.asarray(turned_quat), np.asarray(quat_mul(yaw, jnp.asarray(goal_quat))), atol=1e-6)
+
+
+def test_a_plug_in_a_shifted_hole_succeeds_and_one_at_the_old_goal_fails(tower_stage):
+    """block_1 shifted 1.5 mm (within its clearance stack-up and the 5 mm tolerance): the plug
+    moved with it succeeds; the plug left at the assembled goal is 1.5 mm out of the hole."""
+    env, state, advance = tower_stage
+    assert bool(state.success)
+    d, adr = state.physics, int(env._free_qposadr[1])  # noqa: SLF001
+    shift = jnp.array([0.0015, 0.0, 0.0])
+    hole_moved = d.replace(qpos=d.qpos.at[adr: adr + 3].add(shift))
+    assert not bool(advance(state.replace(physics=hole_moved), 0).success)
+    both_moved = hole_moved.replace(tip_pos=d.tip_pos + shift)
+    assert bool(advance(state.replace(physics=both_moved), 0).success)
+    assert float(env.prior_part_displacement(both_moved)) == pytest.approx(0.0015, abs=2e-5)

@@ -7,7 +7,11 @@ engaged. Stage i inserts part i into the partial assembly made of the base and p
 0..i-1 at their goal poses; `stage(i)` expresses that as a `TwoPartAssembly` whose socket
 is the base and whose `free_parts` are the earlier parts, loose, so every stage runs in
 the same environment as the 2-part tasks and its insertion can disturb what is already
-assembled (`AssemblyEnv.prior_part_displacement` measures by how much).
+assembled (`AssemblyEnv.prior_part_displacement` measures by how much). A part that goes
+into or over one earlier part (`Part.mate`: a block into the block below, a ring over the
+ring before, a gear onto the shaft) is scored against where that part is, since a stack
+may shift within its clearances (a 1 mm stack-up at peg_tower's third block) while every
+part stays within the loose-part tolerance.
 
 Conventions (the paper's dataset): everything fits a 10 cm box, the base stands upright
 at the origin, 0.5 mm clearance per side by default, parts are aluminium. Only boxes,
@@ -47,6 +51,10 @@ class Part:
     depth: float               # engaged travel: from first contact with its socket to the goal
     length: float              # from the part's lowest point to where the gripper holds it
     density: float = ALUMINIUM_DENSITY
+    # the earlier part this one goes into or onto (index into the assembly's parts), when it is
+    # one loose part: success is then measured against where that part is, not where it was
+    # assembled (a stack shifts within its clearances). None: the base, or several parts.
+    mate: Optional[int] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +84,8 @@ class MultiPartAssembly:
         if not 0 <= index < self.num_stages:
             raise ValueError(f"{self.name} has stages 0..{self.num_stages - 1}, got {index}")
         part = self.parts[index]
+        if part.mate is not None and not 0 <= part.mate < index:
+            raise ValueError(f"{self.name}: part {part.name} mates with part {part.mate}, not an earlier one")
         origin = np.asarray(part.goal_pos) + np.array([0.0, 0.0, part.depth])
         socket = [translate(s, -origin) for s in self.base]
         free = []
@@ -88,7 +98,8 @@ class MultiPartAssembly:
                 socket += [translate(s, offset) for s in earlier.shapes]
         return TwoPartAssembly(name=f"{self.name}/{index}", plug=part.shapes, socket=tuple(socket),
                                depth=part.depth, plug_length=part.length, clearance=self.clearance,
-                               plug_density=part.density, free_parts=tuple(free), explicit_pairs=True)
+                               plug_density=part.density, free_parts=tuple(free), explicit_pairs=True,
+                               mate=part.mate if free_prior_parts else None)
 
     def assembled_shapes(self) -> list[Shape]:
         """Every shape of the finished assembly, in the base frame."""
@@ -213,14 +224,14 @@ def peg_tower(name: str = "peg_tower", clearance: float = DEFAULT_CLEARANCE) -> 
         shapes = (pin((pegs[k] / 2, pegs[k] / 2), peg_len), slab((h, h), peg_len, peg_len + body),
                   *ring((h, h), (hole, hole), peg_len + body, peg_len + body + hole_depth))
         blocks.append(Part(f"block_{k}", shapes, goal_pos=(0.0, 0.0, top - peg_len), depth=peg_len,
-                           length=peg_len + body + hole_depth))
+                           length=peg_len + body + hole_depth, mate=k - 1 if k else None))
         top += body + hole_depth
     peg_len, head, collar = hole_depth - 0.0005, 0.012, 0.002
     spire_shapes = (pin((pegs[4] / 2, pegs[4] / 2), peg_len), slab((0.005, 0.005), peg_len, peg_len + collar),
                     dataclasses.replace(frustum("spire_head", (0.005, 0.005), (0.001, 0.001), 0.0, head),
                                         pos=(0.0, 0.0, peg_len + collar)))
     spire = Part("spire", spire_shapes, goal_pos=(0.0, 0.0, top - peg_len), depth=peg_len,
-                 length=peg_len + collar + head)
+                 length=peg_len + collar + head, mate=len(blocks) - 1)
     return MultiPartAssembly(name=name, base=base, parts=(*blocks, spire), clearance=clearance)
 
 
@@ -241,7 +252,7 @@ def nested_rings(name: str = "nested_rings", clearance: float = DEFAULT_CLEARANC
         inner = inner_of + c
         outer = inner + wall
         rings.append(Part(f"ring_{k}", ring((outer, outer), (inner, inner), 0.0, height), goal_pos=(0.0, 0.0, 0.0),
-                          depth=height_of, length=height))
+                          depth=height_of, length=height, mate=k - 1 if k else None))
         inner_of, height_of = outer, height
     pin_len = hole_depth + 0.008
     centre = Part("pin", (pin((pin_half, pin_half), pin_len),), goal_pos=(0.0, 0.0, boss_height - hole_depth),
@@ -269,7 +280,7 @@ def gear_shaft(name: str = "gear_shaft", clearance: float = DEFAULT_CLEARANCE) -
     spacer_h, gear_h, cap_hole, cap_top = 0.006, 0.008, 0.0105, 0.003
 
     def slider(name, shapes, bottom, length):
-        return Part(name, shapes, goal_pos=(0.0, 0.0, bottom), depth=exposed - bottom, length=length)
+        return Part(name, shapes, goal_pos=(0.0, 0.0, bottom), depth=exposed - bottom, length=length, mate=0)
 
     spacer = ring((0.008, 0.008), hole, 0.0, spacer_h)
     gear = ring((0.011, 0.011), hole, 0.0, gear_h) + gear_teeth("gear_tooth", 10, 0.009, 0.018, 0.0022, 0.0012,
@@ -348,7 +359,8 @@ def keyed_bridge(name: str = "keyed_bridge", clearance: float = DEFAULT_CLEARANC
         Part("bridge", bridge, goal_pos=(0.0, 0.0, pad), depth=exposed - pad, length=bridge_t),
         Part("pin", (pin((pin_half, pin_half), pin_len),), goal_pos=(0.0, 0.0, -depth), depth=depth + pad + bridge_t,
              length=pin_len),
-        Part("keyed_cap", cap, goal_pos=(-post_x, 0.0, pad + bridge_t), depth=above, length=cap_hole + cap_top)))
+        Part("keyed_cap", cap, goal_pos=(-post_x, 0.0, pad + bridge_t), depth=above, length=cap_hole + cap_top,
+             mate=0)))
 
 
 MULTIPART_ASSEMBLIES = {

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -61,6 +62,9 @@ class TwoPartAssembly:
     clearance: float       # per side (m)
     plug_density: float = 1200.0  # kg/m^3, a stiff plastic
     free_parts: tuple[FreePart, ...] = ()
+    # the loose part the plug goes into (index into free_parts), whose pose carries the goal:
+    # pushed within its own clearance, it takes its hole with it. None: the fixed socket.
+    mate: Optional[int] = None
     # list the colliding geom pairs explicitly, pruned to those that can touch (scene.contact_pairs);
     # always so with free parts, and multi-part stages ask for it in their first stage too
     explicit_pairs: bool = False
@@ -68,6 +72,8 @@ class TwoPartAssembly:
     def __post_init__(self):
         if self.depth <= 0 or self.plug_length <= 0:
             raise ValueError(f"{self.name}: need positive depth and plug_length, got {self.depth}, {self.plug_length}")
+        if self.mate is not None and not 0 <= self.mate < len(self.free_parts):
+            raise ValueError(f"{self.name}: mate {self.mate} is not one of its {len(self.free_parts)} loose parts")
 
     @property
     def goal_in_socket(self) -> np.ndarray:

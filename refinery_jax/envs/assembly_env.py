@@ -14,7 +14,9 @@ Multi-part stages ("ASSEMBLY/i") run in this same class: the parts assembled in 
 stages are free bodies, placed at reset at their assembled poses relative to the
 episode's randomised socket pose; `prior_part_displacement` says how far the stage has
 pushed them, and success also needs every loose part within `loose_part_tolerance` (5 mm)
-of its assembled pose. Observation and action are those of the 2-part tasks. For chained
+of its assembled pose; a stage whose part goes into one loose part (`assembly.mate`) is
+scored against that part's current pose (`goal_pose`). Observation and action are those of
+the 2-part tasks. For chained
 sequences (`refinery.sequence`), `reset(key, init, start=StageStart(...))` takes the socket
 pose and the loose parts' world poses instead (the previous stage's physical end state);
 without `start` the code path is the one above.
@@ -414,13 +416,32 @@ class AssemblyEnv:
         """(linear [3], angular [3]) world-frame velocity of the fingertip."""
         return d.tip_vel[:3], d.tip_vel[3:]
 
+    def goal_pose(self, d: Physics, info: EpisodeInfo) -> tuple[jax.Array, jax.Array]:
+        """Where the plug tip belongs now: (position [3], quaternion [4]), world frame.
+
+        The episode's goal (`info.goal_pos/goal_quat`, fixed at reset), carried along with
+        the loose part the plug goes into when the stage has one (`assembly.mate`): that
+        part's rigid motion from its assembled pose moves its hole with it.
+        """
+        j = self.assembly.mate
+        if j is None:
+            return info.goal_pos, info.goal_quat
+        adr = int(self._free_qposadr[j])
+        part_pos, part_quat = d.qpos[adr: adr + 3], d.qpos[adr + 3: adr + 7]
+        part_quat = part_quat / jnp.linalg.norm(part_quat)
+        assembled_pos = self._assembled_poses(d.socket_pos, d.socket_quat)[j]  # assembled at the socket's yaw
+        motion = quat_mul(part_quat, d.socket_quat * jnp.array([1.0, -1.0, -1.0, -1.0]))
+        return part_pos + rotate(motion, info.goal_pos - assembled_pos), quat_mul(motion, info.goal_quat)
+
     def goal_errors(self, d: Physics, info: EpisodeInfo):
-        """(tip height above the goal, tip xy distance, mean keypoint distance) in metres."""
+        """(tip height above the goal, tip xy distance, mean keypoint distance) in metres,
+        against `goal_pose` (the goal as moved by the mating loose part, if any)."""
+        goal_pos, goal_quat = self.goal_pose(d, info)
         quat = d.tip_quat
         tip = self.plug_tip(d)
-        offset = rotate(info.goal_quat * jnp.array([1.0, -1.0, -1.0, -1.0]), tip - info.goal_pos)
+        offset = rotate(goal_quat * jnp.array([1.0, -1.0, -1.0, -1.0]), tip - goal_pos)
         kp_plug = jax.vmap(lambda k: tip + rotate(quat, k))(self._keypoints)
-        kp_goal = jax.vmap(lambda k: info.goal_pos + rotate(info.goal_quat, k))(self._keypoints)
+        kp_goal = jax.vmap(lambda k: goal_pos + rotate(goal_quat, k))(self._keypoints)
         kp_dist = jnp.mean(jnp.linalg.norm(kp_plug - kp_goal, axis=-1))
         return offset[2], jnp.linalg.norm(offset[:2]), kp_dist
 
@@ -452,7 +473,7 @@ class AssemblyEnv:
         progress = (info.step / c.episode_steps)[None]
         obs = jnp.concatenate([qpos, pos, quat, info.obs_goal_pos, info.obs_goal_quat, info.obs_goal_pos - pos,
                                info.prev_action, progress])
-        critic_obs = jnp.concatenate([obs, qvel, d.tip_vel, self.plug_tip(d) - info.goal_pos, quat])
+        critic_obs = jnp.concatenate([obs, qvel, d.tip_vel, self.plug_tip(d) - self.goal_pose(d, info)[0], quat])
         return EnvState(
             physics=d, obs=obs, critic_obs=critic_obs,
             reward=combine_reward(terms, self._weights), terms=terms, success=success,
