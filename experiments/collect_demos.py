@@ -2,8 +2,9 @@
 
     python experiments/collect_demos.py --task square_peg --demos 300 --out runs/demos/square_peg.npz
 
-Rolls out the teacher (the privileged scripted insertion: it reads the true goal) from
-uniform θ of the task's box in batches, recording the observation the base policy will
+Rolls out the teacher (the privileged scripted insertion, which reads the true goal; or,
+with --teacher-run, a trained specialist's mean action: a train_specialist.py or
+refinery.py run for the same task) from uniform θ of the task's box in batches, recording the observation the base policy will
 see (the noisy goal, as in deployment) before each action and the action, and keeps only
 successful episodes until --demos are collected. Writes --out (.npz: observations,
 actions, θ, episode keys, meta) and --out with .json (config, seed, backend, teacher
@@ -34,7 +35,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         + ", ".join(task_names()))
     parser.add_argument("--embodiment", default="floating_hand", help="floating_hand (default) or franka")
     add_backend_argument(parser)
-    parser.add_argument("--teacher", default="scripted", choices=("scripted",), help="who demonstrates (default scripted)")
+    parser.add_argument("--teacher-run", type=pathlib.Path, default=None,
+                        help="a run directory whose specialist demonstrates (default: the scripted insertion)")
+    parser.add_argument("--teacher-seed", type=int, default=0, help="which of its specialists (default 0)")
     parser.add_argument("--demos", type=int, default=300, help="successful episodes to keep (default 300)")
     parser.add_argument("--batch", type=int, default=256, help="episodes rolled out at once (default 256)")
     parser.add_argument("--seed", type=int, default=0)
@@ -50,6 +53,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         if path.exists():
             parser.error(f"{path} exists; demos are not overwritten")
     resolve_backend_arg(parser, args)
+    if args.teacher_run is not None:
+        from refinery_jax.refinery.specialists import load_specialists
+
+        try:  # checks task, seeds, observation sizes and completeness before anything compiles
+            args.teacher_state = load_specialists(args.teacher_run, range(args.teacher_seed + 1), task=args.task)
+        except (ValueError, OSError) as error:
+            parser.error(f"--teacher-run: {error}")
     return args
 
 
@@ -61,8 +71,24 @@ def main(argv=None) -> dict:
 
     enable_compile_cache()
     env = AssemblyEnv(EnvConfig(task=args.task, embodiment=args.embodiment, backend=args.backend))
+    teacher = None
+    if args.teacher_run is not None:
+        import jax
+        import numpy as np
+
+        from refinery_jax.ppo import make_trainer
+        from refinery_jax.refinery.specialists import saved_preset
+        from refinery_jax.residual.bases import specialist_base_actor
+
+        spec = saved_preset(json.loads((args.teacher_run / "config.json").read_text()))
+        # (the policy does not need the imitation reward's demos: placeholder paths)
+        trainer = make_trainer(spec.config, env, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
+        policy = jax.tree.map(lambda x: x[args.teacher_seed], trainer.policy(args.teacher_state))
+        teacher = demo_io.Teacher(name=f"specialist {args.teacher_run} seed {args.teacher_seed}",
+                                  actor=specialist_base_actor(trainer.model, env.observation_size, spec.config.obs_clip),
+                                  params=policy)
     started = time.time()
-    demos = demo_io.collect(env, args.demos, seed=args.seed, teacher=args.teacher, batch=args.batch)
+    demos = demo_io.collect(env, args.demos, seed=args.seed, teacher=teacher, batch=args.batch)
     demo_io.save(demos, args.out)
     summary = dict(demos.meta, backend=args.backend, batch=args.batch, wall_s=round(time.time() - started, 1),
                    file=str(args.out))

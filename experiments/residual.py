@@ -11,13 +11,21 @@ Stages, each saved in --out and skipped by --resume once finished:
   residual/    per seed, PPO (the quick preset's recipe, --residual-updates updates) of a
                residual on the frozen base (`ppo.base`, `residual.bases`): the actor sees
                [observation, base action], the environment gets base + --residual-scale x residual
+  scratch/     per seed, a PPO specialist from scratch with the residual's recipe and number of
+               environment steps (the quick preset, --residual-updates updates)
+  mlp_bc/      per seed, behaviour cloning with an MLP on the same demos, one action per
+               observation (`imitation.mlp_bc`, --mlp-updates updates): the simplest baseline
   results.json, table.txt
-               base and base + residual (residual mean actions) on the same --eval-trials
+               every row (diffusion base, base + residual with the residual's mean action,
+               PPO from scratch with its mean action, MLP BC) on the same --eval-trials
                uniform θ and episode keys per seed: success with Wilson 95 % CIs, and the
-               paired difference (t over seeds, or Agresti-Min for one seed; exact McNemar)
+               paired difference to the base (t over seeds, or Agresti-Min for one seed;
+               exact McNemar)
+  figures/training.png
+               training success against environment steps, residual and from scratch
 
-Also config.json, log.txt, tensorboard/ and metrics.jsonl (BC loss, residual training).
-Not yet: the PPO-from-scratch and MLP-BC rows, and Refinery on top (issue 19).
+Also config.json, log.txt, tensorboard/ and metrics.jsonl (BC loss, PPO training).
+Not yet: Refinery on top (issue 19).
 """
 
 from __future__ import annotations
@@ -34,7 +42,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
 
-BASE_DIR, RESIDUAL_DIR, DEMOS_FILE = "base", "residual", "demos.npz"
+BASE_DIR, RESIDUAL_DIR, SCRATCH_DIR, MLP_DIR, DEMOS_FILE = "base", "residual", "scratch", "mlp_bc", "demos.npz"
+MLP_HIDDEN = (256, 256)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -57,14 +66,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="U-Net widths (default 32 64 128)")
     parser.add_argument("--residual-updates", type=int, default=100,
                         help="PPO updates of the residual (a multiple of 10; default 100)")
+    parser.add_argument("--mlp-updates", type=int, default=3000, help="MLP behaviour-cloning updates per seed")
     parser.add_argument("--residual-scale", type=float, default=0.1, help="residual action scale (ResiP: 0.1)")
     parser.add_argument("--eval-trials", type=int, default=1000, help="fresh trials per row and seed")
     args = parser.parse_args(argv)
     resolve_backend_arg(parser, args)
     if args.task not in task_names():
         parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
-    if min(args.seeds, args.demos, args.bc_updates, args.residual_updates, args.eval_trials) < 1:
-        parser.error("--seeds, --demos, --bc-updates, --residual-updates and --eval-trials must be positive")
+    if min(args.seeds, args.demos, args.bc_updates, args.mlp_updates, args.residual_updates, args.eval_trials) < 1:
+        parser.error("--seeds, --demos, --bc-updates, --mlp-updates, --residual-updates and --eval-trials must be "
+                     "positive")
     if args.residual_updates % 10:
         parser.error("--residual-updates must be a multiple of 10 (the quick preset's chunk)")
     if not 0 < args.residual_scale <= 1:
@@ -96,7 +107,8 @@ def main(argv=None) -> dict:
     from refinery_jax.diffusion.policy import train_bc
     from refinery_jax.envs.assembly_env import AssemblyEnv
     from refinery_jax.envs.samplers import env_uniform
-    from refinery_jax.evaluation import make_evaluate_actor
+    from refinery_jax.evaluation import make_evaluate, make_evaluate_actor
+    from refinery_jax.imitation.mlp_bc import init_mlp_policy, mlp_actor, train_mlp_bc
     from refinery_jax.logging_utils import RunLog, ScalarLogger, progress_bar
     from refinery_jax.ppo import default_hyperparams, make_trainer
     from refinery_jax.ppo.presets import preset
@@ -109,7 +121,7 @@ def main(argv=None) -> dict:
     spec = preset("quick", args.task, args.backend, args.embodiment)
     config = dataclasses.replace(spec.config, num_updates=args.residual_updates)
     run_id = {"fingerprint": config_fingerprint((dcfg, config, args.residual_scale, args.demos, args.bc_updates,
-                                                 str(args.demos_file), seeds)),
+                                                 str(args.demos_file), seeds, args.mlp_updates, MLP_HIDDEN)),
               "task": args.task, "seeds": seeds, "backend": args.backend, "embodiment": args.embodiment}
     log = RunLog(out)
     write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items()},
@@ -164,6 +176,28 @@ def main(argv=None) -> dict:
                                   log, logger=logger, tag="residual", base_params=stacked)
         residual_wall = time.time() - t_res
 
+        # the comparison rows: PPO from scratch at the same env steps, and BC with an MLP
+        plain = make_trainer(config, env)
+        t_scratch = time.time()
+        scratch = train_specialists(plain, hparams, k_train, spec.chunk_updates, out / SCRATCH_DIR,
+                                    {**run_id, "row": "scratch"}, resume, log, logger=logger, tag="scratch")
+        scratch_wall = time.time() - t_scratch
+        mlp_dir = out / MLP_DIR
+        pairs_obs = demos.observations.reshape(-1, demos.observations.shape[-1])
+        pairs_act = demos.actions.reshape(-1, action_size)
+        if latest_step(mlp_dir) is None:
+            t_mlp = time.time()
+            mlps = [train_mlp_bc(pairs_obs, pairs_act, jax.random.fold_in(k_train[s], 2), args.mlp_updates,
+                                 MLP_HIDDEN)[0] for s in seeds]
+            mlp_policies = jax.tree.map(lambda *x: jax.numpy.stack(x), *mlps)
+            save_checkpoint(mlp_dir, args.mlp_updates, mlp_policies, run_id)
+            log(f"MLP behaviour cloning: {args.mlp_updates} updates per seed in {time.time() - t_mlp:.0f} s")
+        else:
+            shapes = jax.eval_shape(lambda: jax.tree.map(lambda *x: jax.numpy.stack(x), *[
+                init_mlp_policy(jax.random.key(0), env.observation_size, action_size, MLP_HIDDEN) for _ in seeds]))
+            mlp_policies, _ = restore_checkpoint(mlp_dir, template_from_shapes(shapes), expected_meta=run_id)
+            log("MLP behaviour cloning: loaded the saved policies")
+
     # paired evaluation: the same θ and episode keys for both rows of a seed
     t_eval = time.time()
     split = jax.vmap(lambda k: jax.random.split(k, 2))(k_eval)
@@ -172,17 +206,22 @@ def main(argv=None) -> dict:
     combined_eval = make_evaluate_actor(env, residual_actor(diffusion_base_actor(dcfg, action_size), trainer.model,
                                                             env.observation_size, args.residual_scale,
                                                             config.obs_clip))
-    residuals = jax.vmap(trainer.policy)(state)
-    rows = {"base": [], "base_residual": []}
+    scratch_eval = make_evaluate(env, plain.model, obs_clip=config.obs_clip)
+    mlp_eval = make_evaluate_actor(env, mlp_actor(action_size, MLP_HIDDEN))
+    residuals, scratch_policies = jax.vmap(trainer.policy)(state), jax.vmap(plain.policy)(scratch)
+    rows = {"base": [], "base_residual": [], "ppo_scratch": [], "mlp_bc": []}
     for s in seeds:
         pick = lambda tree, s=s: jax.tree.map(lambda x: x[s], tree)  # noqa: E731
-        rows["base"].append(np.asarray(base_eval(pick(stacked), inits[s], split[s, 1]).success))
-        rows["base_residual"].append(np.asarray(combined_eval((pick(stacked), pick(residuals), True), inits[s],
-                                                              split[s, 1]).success))
+        trials = (inits[s], split[s, 1])  # the same θ and episode keys for every row of this seed
+        rows["base"].append(np.asarray(base_eval(pick(stacked), *trials).success))
+        rows["base_residual"].append(np.asarray(combined_eval((pick(stacked), pick(residuals), True),
+                                                              *trials).success))
+        rows["ppo_scratch"].append(np.asarray(scratch_eval(pick(scratch_policies), *trials).success))
+        rows["mlp_bc"].append(np.asarray(mlp_eval(pick(mlp_policies), *trials).success))
     eval_wall = time.time() - t_eval
     results = {**run_id, "eval_trials": args.eval_trials, "demos": demos.meta, "rows": {},
                "residual_env_steps": int(config.total_env_steps), "residual_wall_s": residual_wall,
-               "eval_wall_s": eval_wall, "wall_s": time.time() - started}
+               "scratch_wall_s": scratch_wall, "eval_wall_s": eval_wall, "wall_s": time.time() - started}
     lines = [f"{args.task}: {args.eval_trials} fresh trials per seed, seeds {seeds}",
              f"{'row':16s} {'success':>8s} {'95% CI':>16s} {'vs base':>8s} {'95% CI':>18s} {'McNemar p':>10s}"]
     for name, outcome in rows.items():
@@ -195,10 +234,35 @@ def main(argv=None) -> dict:
         vs = "" if diff is None else (f"{diff['difference']:+8.3f} [{diff['ci95_low']:+.3f}, {diff['ci95_high']:+.3f}] "
                                       f"{diff['mcnemar_p']:10.3g}")
         lines.append(f"{name:16s} {entry['success']:8.3f} [{low:.3f}, {high:.3f}] {vs}")
+    results["figure"] = plot_training(out / "metrics.jsonl", out / "figures" / "training.png", args.task)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "table.txt").write_text("\n".join(lines) + "\n")
     log("\n" + "\n".join(lines))
     return results
+
+
+def plot_training(metrics: pathlib.Path, path: pathlib.Path, task: str) -> str:
+    """Training success (episodes of each 10-update chunk, mean over seeds) against environment
+    steps, for the residual and the from-scratch specialist."""
+    from refinery_jax.refinery.plots import _pyplot
+
+    curves = {"residual": {}, "scratch": {}}  # step -> success (a resumed run logs its chunks again: last wins)
+    for line in metrics.read_text().splitlines():
+        row = json.loads(line)
+        for tag, curve in curves.items():
+            if row.get(f"{tag}/chunk_success") is not None:
+                curve[row["step"]] = row[f"{tag}/chunk_success"]
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for tag, label in (("residual", "diffusion base + residual PPO"), ("scratch", "PPO from scratch")):
+        steps = sorted(curves[tag])
+        ax.plot(steps, [curves[tag][k] for k in steps], label=label)
+    ax.set(xlabel="environment steps", ylabel="training success", title=task, ylim=(0, 1))
+    ax.legend()
+    path.parent.mkdir(exist_ok=True)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return str(path)
 
 
 def base_template(config, obs_size: int, action_size: int):

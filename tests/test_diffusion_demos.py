@@ -9,6 +9,7 @@ import pytest
 from refinery_jax.diffusion import demos as demo_io
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
 from refinery_jax.envs.episodes import Actor, run_episode
+from refinery_jax.envs.scripted import scripted_actor
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +65,10 @@ def test_saved_demos_reload_and_are_never_overwritten(env, collected, tmp_path):
         demo_io.load(path, other)
     with pytest.raises(ValueError, match="teacher"):
         demo_io.collect(env, num_demos=2, teacher="human")
+    # any Actor teaches, with its own params: the script told to hold still never inserts
+    holding = demo_io.Teacher(name="holding script", actor=scripted_actor(env), params=True)
+    with pytest.raises(RuntimeError, match="the holding script teacher succeeded in 0 of 8"):
+        demo_io.collect(env, num_demos=1, teacher=holding, batch=8, max_attempts=8)
     with pytest.raises(RuntimeError, match="succeeded in 0 of 8"):
         # 2 steps per episode: no insertion can finish
         demo_io.collect(AssemblyEnv(EnvConfig(backend="c", episode_seconds=2 / 15)), num_demos=1, batch=8,
@@ -79,6 +84,8 @@ def test_collect_demos_script(load_script_main, tmp_path):
         main(["--out", str(tmp_path / "d.txt")])  # not .npz: refused before anything runs
     with pytest.raises(SystemExit):
         main(["--out", str(out), "--task", "no_such_task"])
+    with pytest.raises(SystemExit):  # a teacher run without specialists: refused before anything compiles
+        main(["--out", str(out), "--teacher-run", str(tmp_path)])
     summary = main(["--out", str(out), "--demos", "2", "--batch", "8", "--seed", "1"])
     assert summary["num_demos"] == 2 and summary["backend"] == "c" and 0 < summary["teacher_success"] <= 1
     assert demo_io.load(out).observations.shape[0] == 2 and out.with_suffix(".json").exists()

@@ -3,6 +3,7 @@ action, starts at a zero correction, the environment gets base + scale * residua
 base's per-environment state restarts with every episode."""
 
 import dataclasses
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -150,7 +151,7 @@ def _script(load_script_main):
 
 def test_residual_script_refuses_bad_arguments_before_running(load_script_main, tmp_path):
     main = _script(load_script_main)
-    for bad in (["--residual-updates", "15"], ["--residual-scale", "0"], ["--task", "nope"],
+    for bad in (["--residual-updates", "15"], ["--residual-scale", "0"], ["--task", "nope"], ["--mlp-updates", "0"],
                 ["--demos-file", str(tmp_path / "missing.npz")], ["--down-dims", "8", "16", "32", "64", "128", "256", "512"]):
         with pytest.raises(SystemExit):
             main(["--out", str(tmp_path / "run")] + bad)
@@ -163,11 +164,13 @@ def test_residual_script_end_to_end_and_resume(load_script_main, tmp_path):
     --resume after losing the results reloads the bases and the residual instead of training."""
     main = _script(load_script_main)
     argv = ["--demos", "4", "--bc-updates", "20", "--down-dims", "8", "16", "--residual-updates", "10",
-            "--eval-trials", "8", "--out", str(tmp_path / "run")]
+            "--mlp-updates", "20", "--eval-trials", "8", "--out", str(tmp_path / "run")]
     first = main(argv)
-    assert set(first["rows"]) == {"base", "base_residual"} and first["eval_trials"] == 8
+    assert set(first["rows"]) == {"base", "base_residual", "ppo_scratch", "mlp_bc"} and first["eval_trials"] == 8
+    assert pathlib.Path(first["figure"]).exists()
     assert first["rows"]["base_residual"]["vs_base"]["ci_method"].startswith("agresti_min")
     (tmp_path / "run" / "results.json").unlink()
     again = main(argv + ["--resume"])
     assert again["rows"] == first["rows"]  # same bases, same residual, same paired trials
-    assert "loaded the saved base policies" in (tmp_path / "run" / "log.txt").read_text()
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "loaded the saved base policies" in log and "MLP behaviour cloning: loaded" in log

@@ -1,7 +1,7 @@
 """Demonstrations without humans: successful episodes of a teacher, for behaviour cloning.
 
-The teacher acts (here the privileged scripted insertion, which reads the true goal);
-what is recorded is what the base policy will see and do: the environment's observation
+The teacher acts (the privileged scripted insertion, which reads the true goal, or any
+episode-loop `Actor` such as a trained specialist, `Teacher`); what is recorded is what the base policy will see and do: the environment's observation
 (the noisy goal, as in deployment) before each step and the teacher's action. Episodes
 are the environment's own (`episode_steps` control steps from a uniform θ of the task's
 box) and only successful ones are kept. `collect` runs batches until it has `num_demos`
@@ -17,16 +17,27 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
 
 from refinery_jax.envs.assembly_env import AssemblyEnv
-from refinery_jax.envs.episodes import run_episode
+from refinery_jax.envs.episodes import Actor, run_episode
 from refinery_jax.envs.samplers import env_uniform
 from refinery_jax.envs.scripted import scripted_actor
 
-TEACHERS = ("scripted",)
+
+
+class Teacher(NamedTuple):
+    name: str      # recorded in the demos' meta (e.g. "scripted", "specialist runs/x seed 0")
+    actor: Actor   # acts in the episode loop (privileged or not)
+    params: Any
+
+
+def scripted_teacher(env: AssemblyEnv) -> Teacher:
+    """The scripted insertion (reads the true goal; `envs.scripted`)."""
+    return Teacher(name="scripted", actor=scripted_actor(env), params=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,25 +58,27 @@ def _meta_for(env: AssemblyEnv) -> dict:
             "episode_steps": int(env.config.episode_steps)}
 
 
-def collect(env: AssemblyEnv, num_demos: int, seed: int = 0, teacher: str = "scripted", batch: int = 256,
+def collect(env: AssemblyEnv, num_demos: int, seed: int = 0, teacher: Teacher | None = None, batch: int = 256,
             max_attempts: int | None = None) -> DemoSet:
-    """Roll out `teacher` in batches from uniform θ until `num_demos` episodes succeeded.
+    """Roll out `teacher` (default the scripted insertion) in batches from uniform θ until
+    `num_demos` episodes succeeded.
 
     ValueError for a bad request (before compiling); RuntimeError when `max_attempts`
     (default 20 x num_demos) rollouts give fewer successes, with the success seen."""
-    if teacher not in TEACHERS:
-        raise ValueError(f"unknown teacher {teacher!r}; choose one of {', '.join(TEACHERS)}")
+    teacher = scripted_teacher(env) if teacher is None else teacher
+    if not isinstance(teacher, Teacher):
+        raise ValueError(f"teacher must be a demos.Teacher (name, actor, params), got {teacher!r}")
     if num_demos < 1 or batch < 1:
         raise ValueError(f"num_demos and batch must be positive, got {num_demos} and {batch}")
     max_attempts = 20 * num_demos if max_attempts is None else max_attempts
-    actor, sampler = scripted_actor(env), env_uniform(env)
+    actor, params, sampler = teacher.actor, teacher.params, env_uniform(env)
 
     @jax.jit
     def rollouts(key):
         k_init, k_run = jax.random.split(key)
         inits = jax.vmap(sampler)(jax.random.split(k_init, batch))
         keys = jax.random.split(k_run, batch)
-        episodes = jax.vmap(lambda k, i: run_episode(env, actor, False, k, i, record=True))(keys, inits)
+        episodes = jax.vmap(lambda k, i: run_episode(env, actor, params, k, i, record=True))(keys, inits)
         return inits, jax.random.key_data(keys), episodes.success, episodes.trajectory
 
     kept, attempts, successes = [], 0, 0
@@ -77,10 +90,10 @@ def collect(env: AssemblyEnv, num_demos: int, seed: int = 0, teacher: str = "scr
         successes += int(success.sum())
         kept.append((inits[success], keys[success], obs[success], actions[success]))
     if successes < num_demos:
-        raise RuntimeError(f"the {teacher} teacher succeeded in {successes} of {attempts} rollouts on {env.config.task}; "
+        raise RuntimeError(f"the {teacher.name} teacher succeeded in {successes} of {attempts} rollouts on {env.config.task}; "
                            f"{num_demos} demos were asked for")
     inits, keys, obs, actions = (np.concatenate(parts)[:num_demos] for parts in zip(*kept))
-    meta = dict(_meta_for(env), teacher=teacher, seed=seed, attempts=attempts,
+    meta = dict(_meta_for(env), teacher=teacher.name, seed=seed, attempts=attempts,
                 teacher_success=successes / attempts, num_demos=num_demos)
     return DemoSet(observations=obs.astype(np.float32), actions=actions.astype(np.float32), inits=inits, keys=keys,
                    meta=meta)

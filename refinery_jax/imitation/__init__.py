@@ -1,4 +1,5 @@
-"""Imitation reward from reversed disassembly demonstrations (soft-DTW, AutoMate)."""
+"""Learning from demonstrations: the imitation reward from reversed disassembly demonstrations
+(soft-DTW, AutoMate), and `mlp_bc`, behaviour cloning with an MLP (the simplest baseline)."""
 
 from refinery_jax.imitation.reward import (
     ImitationConfig,

@@ -138,6 +138,19 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
     return state
 
 
+def saved_preset(info: dict) -> Preset:
+    """The preset a run's specialists were trained with, from its config.json contents: the
+    named preset with the scripts' overrides (--updates, --baseline-updates, --memory, ...)."""
+    import dataclasses  # noqa: PLC0415
+
+    from refinery_jax.ppo.presets import preset as ppo_preset  # noqa: PLC0415
+
+    spec = ppo_preset(info["preset"], info["task"], info.get("backend", "mjx"), info.get("embodiment", "floating_hand"))
+    overrides = {k: info.get("ppo", {})[k] for k in ("num_updates", "memory", "memory_size", "memory_layers")
+                 if k in info.get("ppo", {})}
+    return dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides)) if overrides else spec
+
+
 def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, preset: str | None = None) -> TrainState:
     """The specialists [S] a run saved in `run_dir/specialists` (its seeds must include `seeds`,
     in order from 0; its task and preset be these, when given). Raises ValueError before any
@@ -146,7 +159,6 @@ def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, pres
     the checkpoints belong to another run than its config.json."""
     from refinery_jax.checkpoints import template_from_shapes  # noqa: PLC0415
     from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE  # noqa: PLC0415
-    from refinery_jax.ppo.presets import preset as ppo_preset  # noqa: PLC0415
 
     run_dir = pathlib.Path(run_dir)
     config_file = run_dir / "config.json"
@@ -164,14 +176,7 @@ def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, pres
     if (sizes["policy"], sizes["critic"]) != (POLICY_OBS_SIZE, CRITIC_OBS_SIZE):
         raise ValueError(f"{run_dir}'s specialists observe {sizes['policy']} (critic {sizes['critic']}) values; this "
                          f"version's observation has {POLICY_OBS_SIZE} ({CRITIC_OBS_SIZE}): retrain them")
-    spec = ppo_preset(info["preset"], info["task"], info.get("backend", "mjx"), info.get("embodiment", "floating_hand"))
-    # the scripts' overrides of the preset (--updates, --baseline-updates, --memory, --memory-size)
-    overrides = {k: info.get("ppo", {})[k] for k in ("num_updates", "memory", "memory_size", "memory_layers")
-                 if k in info.get("ppo", {})}
-    if overrides:
-        import dataclasses  # noqa: PLC0415
-
-        spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides))
+    spec = saved_preset(info)
     trainer = make_trainer(spec.config, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
     hparams = default_hyperparams(spec.config, imitation_weight=spec.imitation_weight, **spec.hparams)
     keys = seed_keys(have)[0]
