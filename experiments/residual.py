@@ -18,14 +18,16 @@ Stages, each saved in --out and skipped by --resume once finished:
   results.json, table.txt
                every row (diffusion base, base + residual with the residual's mean action,
                PPO from scratch with its mean action, MLP BC) on the same --eval-trials
-               uniform θ and episode keys per seed: success with Wilson 95 % CIs, and the
-               paired difference to the base (t over seeds, or Agresti-Min for one seed;
-               exact McNemar)
+               uniform θ and episode keys per seed, and base + residual from starts a GMM
+               chooses (Algorithm 2, fitted on --gmm-inits uniform trials of its own; same
+               episode keys): success with Wilson 95 % CIs, and the paired difference to the
+               base (t over seeds, or Agresti-Min for one seed; exact McNemar)
   figures/training.png
                training success against environment steps, residual and from scratch
 
 Also config.json, log.txt, tensorboard/ and metrics.jsonl (BC loss, PPO training).
-Not yet: Refinery on top (issue 19).
+BO fine-tuning of the residual (`refinery.finetune` with the residual trainer) works as for
+any specialist (tested) but is not a row here.
 """
 
 from __future__ import annotations
@@ -69,13 +71,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--mlp-updates", type=int, default=3000, help="MLP behaviour-cloning updates per seed")
     parser.add_argument("--residual-scale", type=float, default=0.1, help="residual action scale (ResiP: 0.1)")
     parser.add_argument("--eval-trials", type=int, default=1000, help="fresh trials per row and seed")
+    parser.add_argument("--gmm-inits", type=int, default=1000,
+                        help="uniform trials of base + residual the deployment GMM is fitted on (default 1000)")
     args = parser.parse_args(argv)
     resolve_backend_arg(parser, args)
     if args.task not in task_names():
         parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
-    if min(args.seeds, args.demos, args.bc_updates, args.mlp_updates, args.residual_updates, args.eval_trials) < 1:
-        parser.error("--seeds, --demos, --bc-updates, --mlp-updates, --residual-updates and --eval-trials must be "
-                     "positive")
+    if min(args.seeds, args.demos, args.bc_updates, args.mlp_updates, args.residual_updates, args.eval_trials,
+           args.gmm_inits) < 1:
+        parser.error("--seeds, --demos, --bc-updates, --mlp-updates, --residual-updates, --eval-trials and "
+                     "--gmm-inits must be positive")
     if args.residual_updates % 10:
         parser.error("--residual-updates must be a multiple of 10 (the quick preset's chunk)")
     if not 0 < args.residual_scale <= 1:
@@ -112,9 +117,10 @@ def main(argv=None) -> dict:
     from refinery_jax.logging_utils import RunLog, ScalarLogger, progress_bar
     from refinery_jax.ppo import default_hyperparams, make_trainer
     from refinery_jax.ppo.presets import preset
+    from refinery_jax.refinery.deployment import deployment_sampler, fit_deployment
     from refinery_jax.refinery.specialists import seed_keys, train_specialists
     from refinery_jax.refinery.stats import paired_difference, wilson_interval
-    from refinery_jax.residual.bases import diffusion_base, diffusion_base_actor, residual_actor
+    from refinery_jax.residual.bases import diffusion_base
 
     enable_compile_cache()
     dcfg, seeds = args.diffusion, list(range(args.seeds))
@@ -198,30 +204,36 @@ def main(argv=None) -> dict:
             mlp_policies, _ = restore_checkpoint(mlp_dir, template_from_shapes(shapes), expected_meta=run_id)
             log("MLP behaviour cloning: loaded the saved policies")
 
-    # paired evaluation: the same θ and episode keys for both rows of a seed
+    # paired evaluation: the same θ and episode keys for every row of a seed
     t_eval = time.time()
     split = jax.vmap(lambda k: jax.random.split(k, 2))(k_eval)
     inits = jax.vmap(lambda k: jax.vmap(env_uniform(env))(jax.random.split(k, args.eval_trials)))(split[:, 0])
-    base_eval = make_evaluate_actor(env, diffusion_base_actor(dcfg, action_size))
-    combined_eval = make_evaluate_actor(env, residual_actor(diffusion_base_actor(dcfg, action_size), trainer.model,
-                                                            env.observation_size, args.residual_scale,
-                                                            config.obs_clip))
+    base_eval = make_evaluate_actor(env, base.actor)
+    combined_eval = make_evaluate(env, trainer.model, obs_clip=config.obs_clip, base=base)  # base + residual
     scratch_eval = make_evaluate(env, plain.model, obs_clip=config.obs_clip)
     mlp_eval = make_evaluate_actor(env, mlp_actor(action_size, MLP_HIDDEN))
     residuals, scratch_policies = jax.vmap(trainer.policy)(state), jax.vmap(plain.policy)(scratch)
-    rows = {"base": [], "base_residual": [], "ppo_scratch": [], "mlp_bc": []}
+    rows = {"base": [], "base_residual": [], "base_residual_gmm": [], "ppo_scratch": [], "mlp_bc": []}
+    gmm_successes = []
     for s in seeds:
         pick = lambda tree, s=s: jax.tree.map(lambda x: x[s], tree)  # noqa: E731
         trials = (inits[s], split[s, 1])  # the same θ and episode keys for every row of this seed
         rows["base"].append(np.asarray(base_eval(pick(stacked), *trials).success))
-        rows["base_residual"].append(np.asarray(combined_eval((pick(stacked), pick(residuals), True),
-                                                              *trials).success))
+        rows["base_residual"].append(np.asarray(combined_eval(pick(residuals), *trials).success))
         rows["ppo_scratch"].append(np.asarray(scratch_eval(pick(scratch_policies), *trials).success))
         rows["mlp_bc"].append(np.asarray(mlp_eval(pick(mlp_policies), *trials).success))
+        # Algorithm 2 on base + residual: a GMM of its successes on --gmm-inits uniform θ of their
+        # own, then the fresh trials start where it chooses (same episode keys as the other rows)
+        k_fit, k_draw = jax.random.split(jax.random.fold_in(k_eval[s], 7))
+        model = fit_deployment(k_fit, combined_eval, pick(residuals), env.init_low, env.init_high, args.gmm_inits)
+        chosen = jax.vmap(deployment_sampler(model))(jax.random.split(k_draw, args.eval_trials))
+        rows["base_residual_gmm"].append(np.asarray(combined_eval(pick(residuals), chosen, split[s, 1]).success))
+        gmm_successes.append(int(model.num_successes))
     eval_wall = time.time() - t_eval
     results = {**run_id, "eval_trials": args.eval_trials, "demos": demos.meta, "rows": {},
                "residual_env_steps": int(config.total_env_steps), "residual_wall_s": residual_wall,
-               "scratch_wall_s": scratch_wall, "eval_wall_s": eval_wall, "wall_s": time.time() - started}
+               "scratch_wall_s": scratch_wall, "eval_wall_s": eval_wall, "wall_s": time.time() - started,
+               "gmm": {"fit_trials": args.gmm_inits, "fit_successes_per_seed": gmm_successes}}
     lines = [f"{args.task}: {args.eval_trials} fresh trials per seed, seeds {seeds}",
              f"{'row':16s} {'success':>8s} {'95% CI':>16s} {'vs base':>8s} {'95% CI':>18s} {'McNemar p':>10s}"]
     for name, outcome in rows.items():

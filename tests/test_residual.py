@@ -15,6 +15,9 @@ from refinery_jax.ppo import default_hyperparams, make_trainer
 from refinery_jax.ppo.base import BasePolicy, memoryless_base
 from refinery_jax.ppo.networks import ActorCritic
 
+# the residual-on-a-specialist fine-tuning check: a short batch on the smoke task
+SMOKE_RESIDUAL = dataclasses.replace(SMOKE, env=dataclasses.replace(SMOKE.env, init_xy=0.002), num_envs=8, num_steps=8,
+                                     num_minibatches=2, update_epochs=1)  # (a θ box with width: the GP needs one)
 PUSH = jnp.array([0.0, 0.0, -1.0, 0.0, 0.0, 0.0])  # solves the smoke task on its own (straight down)
 
 
@@ -107,17 +110,21 @@ def test_diffusion_base_plays_each_chunk_and_replans_after_a_restart():
     np.testing.assert_allclose(np.asarray(third[0]), np.asarray(chunks[0, 2]), atol=1e-6)
 
 
-def test_residual_actor_is_the_base_plus_the_scaled_correction():
+def test_a_residual_acts_as_the_base_plus_the_scaled_correction():
+    """`policy_actor(..., base=...)`: zero head -> the base's actions exactly; a residual whose
+    mean is 1 adds 0.1 on the first step; and the batched base (PPO's) matches the actor's."""
     from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
     from refinery_jax.envs.episodes import run_episode
-    from refinery_jax.residual.bases import residual_actor, specialist_base, specialist_base_actor
+    from refinery_jax.ppo.networks import policy_actor
+    from refinery_jax.residual.bases import specialist_base
 
     env = AssemblyEnv(EnvConfig(backend="c", episode_seconds=5 / 15))
     o = env.observation_size
     specialist = ActorCritic(6, (8,), (8,), "tanh")
     base_policy = _policy(specialist, o, jax.random.key(4))
+    base = specialist_base(specialist, scale=0.1)
     residual_model = ActorCritic(6, (8,), (8,), "tanh", actor_head_scale=0.0)
-    residual = _policy(residual_model, o + 6, jax.random.key(5))
+    residual = _policy(residual_model, o + 6, jax.random.key(5)).replace(base_params=base_policy)
     inits = jnp.tile(jnp.array([0.002, -0.001, 0.015]), (2, 1))
     keys = jax.random.split(jax.random.key(6), 2)
 
@@ -125,22 +132,48 @@ def test_residual_actor_is_the_base_plus_the_scaled_correction():
         run = jax.vmap(lambda k, i: run_episode(env, actor, params, k, i, record=True))
         return np.asarray(jax.jit(run)(keys, inits).trajectory[1])
 
-    base_only = actions(specialist_base_actor(specialist, o), base_policy)
-    combined = residual_actor(specialist_base_actor(specialist, o), residual_model, o, scale=0.1)
-    np.testing.assert_allclose(actions(combined, (base_policy, residual, True)), base_only, atol=1e-6)  # zero head
+    base_only = actions(policy_actor(specialist, o), (base_policy, True))
+    combined = policy_actor(residual_model, o, base=base)
+    np.testing.assert_allclose(actions(combined, (residual, True)), base_only, atol=1e-6)  # zero head
     # a non-zero residual adds 0.1 x its mean: make its last-layer bias 1
     shifted = jax.tree_util.tree_map_with_path(
         lambda path, x: jnp.ones_like(x) if "actor" in str(path) and "Dense_1" in str(path) and "bias" in str(path) else x,
         residual.params)
-    moved = actions(combined, (base_policy, residual.replace(params=shifted), True))
+    moved = actions(combined, (residual.replace(params=shifted), True))
     assert np.abs(moved - base_only).max() > 0.05  # it acts, and the episodes diverge from the base's
     np.testing.assert_allclose(moved[:, 0], base_only[:, 0] + 0.1, atol=1e-6)  # the first step: exactly +0.1
     # the batched base (for PPO) gives the per-environment actor's actions
     states = jax.vmap(env.reset)(keys, inits)
-    batched, _ = specialist_base(specialist).act(base_policy, jnp.zeros((2, 0)), states.obs, jax.random.key(0))
-    _, single = specialist_base_actor(specialist, o).act(base_policy, jnp.zeros(0), jax.tree.map(lambda x: x[1], states),
-                                                         jax.random.key(0))
+    batched, _ = base.act(base_policy, jnp.zeros((2, 0)), states.obs, jax.random.key(0))
+    _, single = base.actor.act(base_policy, jnp.zeros(0), jax.tree.map(lambda x: x[1], states), jax.random.key(0))
     np.testing.assert_allclose(np.asarray(batched[1]), np.asarray(single), atol=1e-6)
+
+
+def test_refinery_fine_tunes_the_residual_only():
+    """A residual trainer goes through Algorithm 1 unchanged: `trainer.policy` carries the base,
+    `make_evaluate(..., base=...)` evaluates base + residual, and a fine-tuning round updates
+    the residual's weights while the base's stay as they were."""
+    from refinery_jax.evaluation import make_evaluate
+    from refinery_jax.refinery.finetune import FineTuneConfig, ProposalConfig, make_finetune
+    from refinery_jax.residual.bases import specialist_base
+
+    trainer = make_trainer(SMOKE_RESIDUAL, base=specialist_base(ActorCritic(6, (8,), (8,), "tanh")))
+    base_policy = _policy(ActorCritic(6, (8,), (8,), "tanh"), trainer.env.observation_size, jax.random.key(4))
+    hp = default_hyperparams(SMOKE_RESIDUAL, **SMOKE_HP)
+    state = jax.jit(trainer.init)(jax.random.key(0), hp, base_policy)
+    evaluate = make_evaluate(trainer.env, trainer.model, batch_size=8, base=trainer.base)
+    config = FineTuneConfig(eval_points=8, updates_per_round=1, max_rounds=2, window=2,
+                            proposal=ProposalConfig(q=2, num_candidates=16, num_starts=2, num_steps=2))
+    finetune = make_finetune(config, trainer, evaluate)
+    tuned = jax.jit(finetune.round)(finetune.init(jax.random.key(1), state))
+    assert bool(tuned.history.trained[0]) and int(tuned.rounds) == 1
+    assert np.all(np.isfinite(np.asarray(tuned.history.eval_success, float)))
+    same = jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                        tuned.train.base_params, state.base_params)
+    assert all(jax.tree.leaves(same))  # the base is frozen
+    assert not all(jax.tree.leaves(jax.tree.map(lambda a, b: bool(np.array_equal(np.asarray(a), np.asarray(b))),
+                                                tuned.train.params, state.params)))  # the residual moved
+    assert trainer.policy(tuned.train).base_params is not None
 
 
 def _script(load_script_main):
@@ -164,9 +197,10 @@ def test_residual_script_end_to_end_and_resume(load_script_main, tmp_path):
     --resume after losing the results reloads the bases and the residual instead of training."""
     main = _script(load_script_main)
     argv = ["--demos", "4", "--bc-updates", "20", "--down-dims", "8", "16", "--residual-updates", "10",
-            "--mlp-updates", "20", "--eval-trials", "8", "--out", str(tmp_path / "run")]
+            "--mlp-updates", "20", "--eval-trials", "8", "--gmm-inits", "8", "--out", str(tmp_path / "run")]
     first = main(argv)
-    assert set(first["rows"]) == {"base", "base_residual", "ppo_scratch", "mlp_bc"} and first["eval_trials"] == 8
+    assert set(first["rows"]) == {"base", "base_residual", "base_residual_gmm", "ppo_scratch", "mlp_bc"}
+    assert first["eval_trials"] == 8
     assert pathlib.Path(first["figure"]).exists()
     assert first["rows"]["base_residual"]["vs_base"]["ci_method"].startswith("agresti_min")
     (tmp_path / "run" / "results.json").unlink()

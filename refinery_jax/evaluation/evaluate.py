@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from refinery_jax.envs.assembly_env import AssemblyEnv
 from refinery_jax.envs.episodes import Actor, run_episode
+from refinery_jax.ppo.base import BasePolicy
 from refinery_jax.ppo.networks import ActorCritic, Policy, policy_actor
 
 
@@ -59,12 +60,13 @@ def make_evaluate_actor(env: AssemblyEnv, actor: Actor, batch_size: int = 256, e
 
 
 def make_evaluate(env: AssemblyEnv, model: ActorCritic, batch_size: int = 256, obs_clip: float = 5.0,
-                  episode_steps: Optional[int] = None):
-    """Build `evaluate(policy, inits [N, 3], key, deterministic=True) -> EvalResult` for a PPO policy.
+                  episode_steps: Optional[int] = None, base: Optional[BasePolicy] = None):
+    """Build `evaluate(policy, inits [N, 3], key, deterministic=True) -> EvalResult` for a PPO policy
+    (`trainer.policy(state)`; with `base`, the trainer's, a residual on its frozen base).
 
     deterministic ([] bool, traced: both modes share one compile): act with the
     Gaussian's mean, or sample actions."""
-    run = make_evaluate_actor(env, policy_actor(model, env.observation_size, obs_clip), batch_size, episode_steps)
+    run = make_evaluate_actor(env, policy_actor(model, env.observation_size, obs_clip, base), batch_size, episode_steps)
 
     def evaluate(policy: Policy, inits: jax.Array, key: jax.Array, deterministic=True) -> EvalResult:
         return run((policy, jnp.asarray(deterministic, bool)), inits, key)

@@ -16,7 +16,7 @@ replays a rollout's steps from the carry it started with (`policy_sequence`).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import distrax
 import flax.linen as nn
@@ -27,6 +27,9 @@ from flax import struct
 
 from refinery_jax.envs.episodes import Actor
 from refinery_jax.ppo.normalization import RunningStats, normalize
+
+if TYPE_CHECKING:
+    from refinery_jax.ppo.base import BasePolicy
 
 ACTIVATIONS = {"elu": nn.elu, "relu": nn.relu, "tanh": nn.tanh, "silu": nn.silu}
 MEMORIES = ("none", "lstm", "history")
@@ -130,6 +133,7 @@ class Policy:
 
     params: dict
     obs_stats: RunningStats
+    base_params: Any = None  # a residual's frozen base (`ppo.base`); None for a plain policy
 
 
 def policy_action(model: ActorCritic, policy: Policy, carry, obs: jax.Array, key: jax.Array, deterministic,
@@ -141,12 +145,34 @@ def policy_action(model: ActorCritic, policy: Policy, carry, obs: jax.Array, key
     return carry, action
 
 
-def policy_actor(model: ActorCritic, obs_size: int, obs_clip: float = 5.0) -> Actor:
+def policy_actor(model: ActorCritic, obs_size: int, obs_clip: float = 5.0, base: Optional[BasePolicy] = None) -> Actor:
     """The policy as an `envs.episodes.Actor` whose params are `(Policy, deterministic [] bool)`:
-    the mean action when deterministic, a sample otherwise."""
+    the mean action when deterministic, a sample otherwise.
 
-    def act(params, carry, state, key):
+    base: the frozen base a residual was trained on (`make_trainer(..., base=...)`, with its
+    per-environment `actor`): the action is then base + `base.scale` x the residual's action
+    on [observation, base action], the base acting with `Policy.base_params`. `obs_size` is the
+    environment's."""
+    if base is None:
+        def act(params, carry, state, key):
+            policy, deterministic = params
+            return policy_action(model, policy, carry, state.obs, key, deterministic, obs_clip)
+
+        return Actor(start=lambda params: initial_carry(model, (), obs_size), act=act)
+    if base.actor is None:
+        raise ValueError("this base has no per-environment actor (BasePolicy.actor), so it cannot act in episodes")
+
+    def start(params):
+        policy, _ = params
+        return base.actor.start(policy.base_params), initial_carry(model, (), obs_size + base.action_size)
+
+    def act_with_base(params, carry, state, key):
         policy, deterministic = params
-        return policy_action(model, policy, carry, state.obs, key, deterministic, obs_clip)
+        base_carry, residual_carry = carry
+        k_base, k_residual = jax.random.split(key)
+        base_carry, base_action = base.actor.act(policy.base_params, base_carry, state, k_base)
+        x = jnp.concatenate([state.obs, base_action], axis=-1)
+        residual_carry, correction = policy_action(model, policy, residual_carry, x, k_residual, deterministic, obs_clip)
+        return (base_carry, residual_carry), base_action + base.scale * correction
 
-    return Actor(start=lambda params: initial_carry(model, (), obs_size), act=act)
+    return Actor(start=start, act=act_with_base)

@@ -104,6 +104,7 @@ class Trainer(NamedTuple):
     update: Callable[[TrainState], tuple[TrainState, UpdateMetrics]]
     policy: Callable[[TrainState], Policy]
     demo_paths: Optional[np.ndarray]  # the imitation reward's reference paths (None without imitation)
+    base: Optional[BasePolicy] = None  # the frozen base a residual learns on (None: a plain policy)
 
 
 def learning_rate_schedule(config: PPOConfig, hp: PPOHyperparams) -> optax.Schedule:
@@ -333,10 +334,10 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         return new_state, metrics
 
     def policy(state: TrainState) -> Policy:
-        return Policy(params=state.params, obs_stats=state.obs_stats)
+        return Policy(params=state.params, obs_stats=state.obs_stats, base_params=state.base_params)
 
     return Trainer(config=config, env=env, model=model, init=init, update=update, policy=policy,
-                   demo_paths=None if imit is None else np.asarray(demo_paths))
+                   demo_paths=None if imit is None else np.asarray(demo_paths), base=base)
 
 
 def make_chunk(trainer: Trainer, num_updates: int):

@@ -261,7 +261,8 @@ def make_finetune(config: FineTuneConfig, trainer: Trainer, evaluate: Callable) 
         r, h = state.rounds - 1, state.history
         sampler = proposal_sampler(h.proposals[r], low, high, state.uniform_share)
         # same network and shapes as the specialist; only the reset distribution changes
-        chunk = make_chunk(make_trainer(ppo_config, env, sampler, trainer.demo_paths), config.updates_per_round)
+        chunk = make_chunk(make_trainer(ppo_config, env, sampler, trainer.demo_paths, base=trainer.base),
+                           config.updates_per_round)
         train_state, metrics = chunk(state.train)
         rate = jnp.sum(metrics.successes) / jnp.maximum(jnp.sum(metrics.episodes), 1)
         history = h.replace(trained=h.trained.at[r].set(True),
