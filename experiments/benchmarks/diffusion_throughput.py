@@ -116,6 +116,7 @@ def ppo_steps_per_s(task: str, widths, inference_steps: int) -> dict:
         state, _ = jax.block_until_ready(update(state))  # compile, and queues past their first plan
         seconds = _timed(lambda s: update(s)[0], state, repeats=2)
         out[f"{name}_env_steps_per_s"] = steps / seconds
+        print(f"  {steps / seconds:.0f} env steps/s", file=sys.stderr, flush=True)
     for key in [k for k in out if k.startswith("residual_")]:
         out[key.replace("env_steps_per_s", "vs_plain")] = out[key] / out["plain_env_steps_per_s"]
     return out
@@ -139,6 +140,7 @@ def main():
         for b in (1, 256):
             row[f"base_residual_per_step_ms_batch_{b}"] = row[f"per_step_ms_batch_{b}"] + residual[f"residual_ms_batch_{b}"]
         rows.append(row)
+        print(json.dumps(row), file=sys.stderr, flush=True)  # (each width as it finishes)
     result = {"device": str(jax.devices()[0]), "cpus": os.cpu_count(), "residual": residual, "rows": rows}
     if args.ppo_task is not None:
         result["ppo"] = ppo_steps_per_s(args.ppo_task, widths, args.inference_steps)
