@@ -23,7 +23,7 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
+from refinery_jax.assets.registry import DEFAULT_TASK, get_assembly, task_names  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,7 +32,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK}): "
-                        + ", ".join(task_names()))
+                        + ", ".join(task_names()) + "; or a multi-part stage ASSEMBLY/i")
     parser.add_argument("--embodiment", default="floating_hand", help="floating_hand (default) or franka")
     add_backend_argument(parser)
     parser.add_argument("--teacher-run", type=pathlib.Path, default=None,
@@ -43,8 +43,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, type=pathlib.Path, help="the .npz file to write")
     args = parser.parse_args(argv)
-    if args.task not in task_names():
-        parser.error(f"unknown task {args.task!r}")
+    try:  # a registered task or a multi-part stage "ASSEMBLY/i"
+        get_assembly(args.task)
+    except ValueError as error:
+        parser.error(str(error))
     if args.demos < 1 or args.batch < 1:
         parser.error("--demos and --batch must be positive")
     if args.out.suffix != ".npz":

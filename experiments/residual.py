@@ -41,7 +41,7 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
+from refinery_jax.assets.registry import DEFAULT_TASK, get_assembly  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
 
 BASE_DIR, RESIDUAL_DIR, SCRATCH_DIR, MLP_DIR, DEMOS_FILE = "base", "residual", "scratch", "mlp_bc", "demos.npz"
@@ -53,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK})")
+    parser.add_argument("--task", default=DEFAULT_TASK,
+                        help=f"registered task or multi-part stage ASSEMBLY/i (default {DEFAULT_TASK})")
     parser.add_argument("--embodiment", default="floating_hand", help="floating_hand (default) or franka")
     add_backend_argument(parser)
     parser.add_argument("--seeds", type=int, default=1, help="seeds 0..S-1 (default 1)")
@@ -75,8 +76,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="uniform trials of base + residual the deployment GMM is fitted on (default 1000)")
     args = parser.parse_args(argv)
     resolve_backend_arg(parser, args)
-    if args.task not in task_names():
-        parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
+    try:  # a registered task or a multi-part stage "ASSEMBLY/i"
+        get_assembly(args.task)
+    except ValueError as error:
+        parser.error(str(error))
     if min(args.seeds, args.demos, args.bc_updates, args.mlp_updates, args.residual_updates, args.eval_trials,
            args.gmm_inits) < 1:
         parser.error("--seeds, --demos, --bc-updates, --mlp-updates, --residual-updates, --eval-trials and "

@@ -3,8 +3,8 @@ planning latency, the base + residual action latency, and residual PPO's environ
 steps/s against the plain specialist's (issue 19's benchmark).
 
 For each `--widths` entry (down_dims, e.g. 16,32,64): parameter count; behaviour-cloning
-samples/s (one jitted scan of `--updates` updates at batch `--batch`, chunks of 32 x 6
-actions, 31-value observations, after a warm-up scan); DDIM planning latency of one chunk
+samples/s (`--updates` jitted updates at batch `--batch`, as `train_bc` runs them, chunks of 32 x 6
+actions, 31-value observations, after a warm-up run); DDIM planning latency of one chunk
 for 1 and for 256 environments (`--inference-steps`, default 4), and per control step
 amortised over the 8 executed actions (goal: <= 10 ms at batch 1); the residual MLP's
 latency at the same batches and base + residual per control step (amortised plan + residual).
@@ -55,8 +55,14 @@ def measure(dims, batch: int, updates: int, inference_steps: int) -> dict:
     state = init_bc(config, jax.random.key(0), OBS, ACTIONS, updates)
     update = make_bc_update(config, ACTIONS, updates)
     obs, chunks = jnp.zeros((batch, OBS)), jnp.zeros((batch, config.prediction, ACTIONS))
-    scan = jax.jit(lambda s, k: jax.lax.scan(lambda s, k: update(s, obs, chunks, k), s, jax.random.split(k, updates)))
-    train_s = _timed(scan, state, jax.random.key(1), repeats=1)
+    step = jax.jit(update)  # one jitted call per update, as `train_bc` runs them
+
+    def run(state, key):
+        for k in jax.random.split(key, updates):
+            state, _ = step(state, obs, chunks, k)
+        return state
+
+    train_s = _timed(run, state, jax.random.key(1), repeats=1)
     box = jnp.stack([-jnp.ones(ACTIONS), jnp.ones(ACTIONS)])
     policy = DiffusionPolicy(params=state.params, obs_norm=fit_normalizer(jnp.stack([-jnp.ones(OBS), jnp.ones(OBS)])),
                              act_norm=fit_normalizer(box))

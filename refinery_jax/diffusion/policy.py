@@ -135,8 +135,11 @@ def train_bc(config: DiffusionConfig, obs, chunks, key, num_updates: int, chunk_
     """Behaviour cloning on (obs [M, O], chunks [M, P, A]) in action units.
 
     Returns (DiffusionPolicy, losses [num_updates]). Minibatches are drawn with
-    replacement, `chunk_updates` updates per jitted scan; `progress(done, loss)` is called
-    after each scan (a progress bar)."""
+    replacement; `progress(done, loss)` is called every `chunk_updates` updates (a
+    progress bar). Each update is its own jitted call: on XLA:CPU the U-Net's gradient
+    inside a `lax.scan` of updates ran 8x slower per update than the same jitted update
+    called in a Python loop (3.5 s against 0.45 s at batch 256, widths 16/32/64), and the
+    loop's dispatch costs well under a millisecond."""
     obs, chunks = jnp.asarray(obs, jnp.float32), jnp.asarray(chunks, jnp.float32)
     if obs.ndim != 2 or chunks.ndim != 3 or obs.shape[0] != chunks.shape[0] or chunks.shape[1] != config.prediction:
         raise ValueError(f"need obs [M, O] and chunks [M, {config.prediction}, A] with the same M; got "
@@ -151,24 +154,19 @@ def train_bc(config: DiffusionConfig, obs, chunks, key, num_updates: int, chunk_
     update = make_bc_update(config, action_size, num_updates)
 
     @jax.jit
-    def run(state, key):
-        def body(state, key):
-            k_pick, k_loss = jax.random.split(key)
-            pick = jax.random.randint(k_pick, (config.batch_size,), 0, obs_u.shape[0])
-            return update(state, obs_u[pick], chunk_u[pick], k_loss)
-        return jax.lax.scan(body, state, jax.random.split(key, chunk_updates))
+    def step(state, obs_u, chunk_u, key):
+        k_pick, k_loss = jax.random.split(key)
+        pick = jax.random.randint(k_pick, (config.batch_size,), 0, obs_u.shape[0])
+        return update(state, obs_u[pick], chunk_u[pick], k_loss)
 
-    losses, done = [], 0
-    while done < num_updates:
-        key, k = jax.random.split(key)
-        state, chunk_losses = run(state, k)
-        take = min(chunk_updates, num_updates - done)
-        losses.append(chunk_losses[:take])
-        done += take
-        if progress is not None:
-            progress(done, float(chunk_losses[:take].mean()))
+    losses = []
+    for i, k in enumerate(jax.random.split(key, num_updates)):
+        state, loss = step(state, obs_u, chunk_u, k)
+        losses.append(loss)
+        if progress is not None and ((i + 1) % chunk_updates == 0 or i + 1 == num_updates):
+            progress(i + 1, float(jnp.mean(jnp.stack(losses[-chunk_updates:]))))
     policy = DiffusionPolicy(params=state.ema, obs_norm=obs_norm, act_norm=act_norm)
-    return policy, jnp.concatenate(losses)
+    return policy, jnp.stack(losses)
 
 
 def make_planner(config: DiffusionConfig, action_size: int):
