@@ -66,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--demos-file", type=pathlib.Path, default=None,
                         help="use these demos (experiments/collect_demos.py) instead of collecting")
     parser.add_argument("--bc-updates", type=int, default=3000, help="behaviour-cloning updates per seed")
-    parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="U-Net widths (default 32 64 128)")
+    parser.add_argument("--down-dims", type=int, nargs="+", default=None, help="U-Net widths (default 16 32 64)")
     parser.add_argument("--residual-updates", type=int, default=100,
                         help="PPO updates of the residual (a multiple of 10; default 100)")
     parser.add_argument("--mlp-updates", type=int, default=3000, help="MLP behaviour-cloning updates per seed")
