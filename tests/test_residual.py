@@ -203,7 +203,14 @@ def test_residual_script_end_to_end_and_resume(load_script_main, tmp_path):
     assert first["eval_trials"] == 8
     assert pathlib.Path(first["figure"]).exists()
     assert first["rows"]["base_residual"]["vs_base"]["ci_method"].startswith("agresti_min")
+    with pytest.raises(SystemExit, match="finished run"):  # a finished run is not resumed
+        main(argv + ["--resume"])
     (tmp_path / "run" / "results.json").unlink()
+    # resuming with another base (U-Net widths): refused before anything is built, nothing overwritten
+    saved = (tmp_path / "run" / "config.json").read_text()
+    with pytest.raises(SystemExit, match="fingerprint"):
+        main([a if a != "16" else "12" for a in argv] + ["--resume"])
+    assert (tmp_path / "run" / "config.json").read_text() == saved
     again = main(argv + ["--resume"])
     assert again["rows"] == first["rows"]  # same bases, same residual, same paired trials
     log = (tmp_path / "run" / "log.txt").read_text()
