@@ -252,3 +252,27 @@ def test_chunk_actor_executes_each_plan_then_replans():
         expected = policy + 0.01 * (t % execution) + observations[i, planned_at, 0] / 100
         np.testing.assert_allclose(actions[i, :, 0], expected, atol=1e-6)
     assert len(set(observations[0, planned_at, 0].round(6))) > 1  # the observation did change between plans
+
+
+def test_sample_target_plans_from_the_x0_the_network_regresses():
+    """With target "sample" the U-Net's output is the x_0 estimate: turned into ε at step t, a DDIM
+    step recovers it exactly (to x_0 it lands on it; to t_prev it re-noises it with that ε)."""
+    from refinery_jax.diffusion.policy import eps_from_output
+
+    schedule = cosine_schedule(100)
+    x_t = jax.random.normal(jax.random.key(7), (16, 8, 2))
+    x0 = 0.8 * jax.random.uniform(jax.random.key(8), (16, 8, 2), minval=-1.0, maxval=1.0)
+    for t in (99, 49, 3):
+        eps = eps_from_output(schedule, "sample", x_t, t, x0)
+        x_prev, x0_estimate = ddim_step(schedule, x_t, eps, t, -1)
+        # float32 round trip through ε divides by √ᾱ_t (5e-4 at t = 99): ~2e-4 there (see above)
+        np.testing.assert_allclose(np.asarray(x0_estimate), np.asarray(x0), atol=1e-3 if t == 99 else 2e-5)
+        np.testing.assert_allclose(np.asarray(x_prev), np.asarray(x0), atol=1e-3 if t == 99 else 2e-5)
+    # halfway: √ᾱ_prev x_0 + √(1 - ᾱ_prev) ε, with the ε that x_t and x_0 imply
+    x_prev, _ = ddim_step(schedule, x_t, eps_from_output(schedule, "sample", x_t, 74, x0), 74, 49)
+    a, a_prev = schedule.alphas_cumprod[74], schedule.alphas_cumprod[49]
+    implied = (x_t - jnp.sqrt(a) * x0) / jnp.sqrt(1 - a)
+    np.testing.assert_allclose(np.asarray(x_prev), np.asarray(jnp.sqrt(a_prev) * x0 + jnp.sqrt(1 - a_prev) * implied),
+                               atol=1e-5)
+    # "epsilon" passes the output through
+    np.testing.assert_array_equal(np.asarray(eps_from_output(schedule, "epsilon", x_t, 49, x0)), np.asarray(x0))
