@@ -3,6 +3,15 @@ trained by PPO on top of it, both evaluated on the same fresh trials.
 
     python experiments/residual.py --task square_peg --seeds 1 --out runs/residual_square_peg
 
+For a base that can imitate from the deployed (noisy-goal) observation, clone a specialist
+rather than the privileged scripted teacher (README, Residual policies):
+
+    python experiments/train_specialist.py --task square_peg --out runs/teacher_square_peg
+    python experiments/collect_demos.py --task square_peg --teacher-run runs/teacher_square_peg \
+        --out runs/demos_square_peg.npz
+    python experiments/residual.py --task square_peg --seeds 3 --demos-file runs/demos_square_peg.npz \
+        --out runs/residual_square_peg
+
 Stages, each saved in --out and skipped by --resume once finished:
 
   demos.npz    --demos successful episodes of the scripted teacher (seed 0; or --demos-file)
