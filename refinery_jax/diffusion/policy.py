@@ -119,7 +119,7 @@ def init_bc(config: DiffusionConfig, key, obs_size: int, action_size: int, num_u
                    update=jnp.zeros((), jnp.int32))
 
 
-def bc_loss(net: ConditionalUnet1D, schedule: NoiseSchedule, params, obs_u, chunk_u, key, target: str = "epsilon"):
+def bc_loss(net: ConditionalUnet1D, schedule: NoiseSchedule, target: str, params, obs_u, chunk_u, key):
     """Mean squared error of the regressed `target` (ε or x_0) at uniform steps (inputs already
     in [-1, 1] units)."""
     k_t, k_noise = jax.random.split(key)
@@ -142,7 +142,8 @@ def make_bc_update(config: DiffusionConfig, action_size: int, num_updates: int):
     net, schedule, optimizer = config.network(action_size), config.schedule(), make_optimizer(config, num_updates)
 
     def update(state: BCState, obs_u, chunk_u, key):
-        loss, grads = jax.value_and_grad(lambda p: bc_loss(net, schedule, p, obs_u, chunk_u, key, config.target))(state.params)
+        loss, grads = jax.value_and_grad(
+            lambda p: bc_loss(net, schedule, config.target, p, obs_u, chunk_u, key))(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = optax.incremental_update(params, state.ema, 1.0 - config.ema_decay)
@@ -199,7 +200,10 @@ def make_planner(config: DiffusionConfig, action_size: int):
 
         def one(key, o):
             noise = jax.random.normal(key, (config.prediction, action_size))
-            eps = lambda x, t: eps_from_output(schedule, config.target, x, t, net.apply(policy.params, x, t, o))  # noqa: E731
+
+            def eps(x, t):
+                return eps_from_output(schedule, config.target, x, t, net.apply(policy.params, x, t, o))
+
             return ddim_sample(eps, schedule, noise, config.inference_steps)
 
         return policy.act_norm.from_unit(jax.vmap(one)(keys, obs_u))
