@@ -276,3 +276,21 @@ def test_sample_target_plans_from_the_x0_the_network_regresses():
                                atol=1e-5)
     # "epsilon" passes the output through
     np.testing.assert_array_equal(np.asarray(eps_from_output(schedule, "epsilon", x_t, 49, x0)), np.asarray(x0))
+
+
+def test_bc_loss_regresses_the_configured_target():
+    """A stand-in network that outputs the clean chunk scores 0 when the target is x_0 and about
+    E[ε²] = 1 when it is ε (and the reverse for one that outputs the noise it was given)."""
+    from refinery_jax.diffusion.policy import bc_loss
+
+    schedule = cosine_schedule(100)
+    chunk = 0.5 * jax.random.uniform(jax.random.key(0), (512, 8, 2), minval=-1.0, maxval=1.0)
+
+    class OutputsCleanChunk:
+        @staticmethod
+        def apply(params, x_t, t, obs):
+            return chunk
+
+    key = jax.random.key(1)
+    assert float(bc_loss(OutputsCleanChunk, schedule, "sample", None, None, chunk, key)) == 0.0
+    assert float(bc_loss(OutputsCleanChunk, schedule, "epsilon", None, None, chunk, key)) > 0.9
