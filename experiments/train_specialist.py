@@ -25,7 +25,7 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
+from refinery_jax.assets.registry import DEFAULT_TASK, get_assembly, task_names  # noqa: E402
 from refinery_jax.ppo.presets import PRESETS  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
 
@@ -36,7 +36,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--task", default=DEFAULT_TASK, help=f"registered task (default {DEFAULT_TASK}): "
-                        + ", ".join(task_names()))
+                        + ", ".join(task_names()) + "; or a multi-part stage ASSEMBLY/i")
     parser.add_argument("--preset", default="quick", choices=PRESETS, help="training recipe and budget (default quick)")
     parser.add_argument("--embodiment", default="floating_hand", help="floating_hand (default) or franka")
     add_backend_argument(parser)
@@ -59,8 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     from refinery_jax.refinery.presets import resolve_backend_arg
 
     resolve_backend_arg(parser, args)  # first: choosing MJX sets its XLA CPU flag before JAX starts
-    if args.task not in task_names():
-        parser.error(f"unknown task {args.task!r}; registered tasks: {', '.join(task_names())}")
+    try:  # a registered task or a multi-part stage "ASSEMBLY/i"
+        get_assembly(args.task)
+    except ValueError as error:
+        parser.error(str(error))
     if args.updates is not None and args.updates < 1:
         parser.error("--updates must be positive")
     if min(args.seeds, args.eval_episodes, args.map_grid, args.map_z, args.map_trials) < 1:

@@ -134,6 +134,7 @@ def test_script_help():
 
 @pytest.mark.parametrize("args,message", [
     (("--task", "no_such_task"), "unknown task 'no_such_task'"),
+    (("--task", "peg_tower/9"), "stage"),
     (("--preset", "huge"), "invalid choice: 'huge'"),
     (("--updates", "0"), "--updates must be positive"),
 ])
@@ -152,6 +153,12 @@ def test_script_memory_sizes_follow_the_kind(script_main, tmp_path, args, memory
     parse_args = script_main.__globals__["parse_args"]
     config = parse_args(["--out", str(tmp_path / "run"), *args]).spec.config
     assert (config.memory, config.memory_size, config.memory_layers) == (memory, size, 1)
+
+
+def test_script_trains_a_multipart_stage(script_main, tmp_path):
+    """A stage "ASSEMBLY/i" is a task of its own (a teacher for experiments/collect_demos.py)."""
+    args = script_main.__globals__["parse_args"](["--task", "peg_tower/3", "--out", str(tmp_path / "run")])
+    assert args.spec.config.env.task == "peg_tower/3"
 
 
 def test_script_refuses_to_overwrite_runs(script_main, tmp_path):
