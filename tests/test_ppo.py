@@ -243,24 +243,37 @@ def test_imitation_reward_from_generated_demos_trains():
 # the actor's memory (LSTM, observation history)
 # ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("memory", ["none", "lstm", "history"])
-def test_replayed_sequence_equals_acting_step_by_step(memory):
+@pytest.mark.parametrize("memory,options", [
+    ("none", {}), ("lstm", {}), ("history", {}),
+    ("lstm", {"memory_layer_norm": True, "sigma": "linear"}),  # Factory's actor
+    ("none", {"sigma": "linear"}),
+])
+def test_replayed_sequence_equals_acting_step_by_step(memory, options):
     """PPO's loss replays a rollout from the memory it started with, restarting it where an
-    episode began; that must give the means the rollout acted with."""
+    episode began; that must give the means (and log-stds) the rollout acted with."""
     from refinery_jax.ppo.networks import ActorCritic, initial_carry, policy_sequence, restart_carry
 
-    model = ActorCritic(6, (16,), (16,), "elu", memory, 3 if memory == "history" else 8, 2)
+    model = ActorCritic(6, (16,), (16,), "elu", memory, 3 if memory == "history" else 8, 2, **options)
     t, b, d = 7, 3, 5
     obs = jax.random.normal(jax.random.key(0), (t, b, d))
     first = jnp.zeros((t, b), bool).at[3, 1].set(True).at[5, 0].set(True)
     carry0 = jax.tree.map(lambda c: c + 0.3, initial_carry(model, (b,), d))  # mid-episode memory
     params = model.init(jax.random.key(1), obs[0], jnp.zeros((b, 4)), carry0)
-    carry, means = carry0, []
+    if options.get("sigma") == "linear":  # a state-dependent log-std (its kernel starts at zero)
+        params = jax.tree_util.tree_map_with_path(
+            lambda path, x: jax.random.normal(jax.random.key(2), x.shape) if "sigma" in jax.tree_util.keystr(path)
+            else x, params)
+    carry, means, log_stds = carry0, [], []
     for i in range(t):
-        carry, mean, _ = model.apply(params, obs[i], restart_carry(carry, first[i]), method=ActorCritic.policy)
+        carry, mean, log_std = model.apply(params, obs[i], restart_carry(carry, first[i]), method=ActorCritic.policy)
         means.append(mean)
-    replayed, _ = policy_sequence(model, params, obs, carry0, first)
+        log_stds.append(jnp.broadcast_to(log_std, mean.shape))
+    replayed, replayed_log_std = policy_sequence(model, params, obs, carry0, first)
     np.testing.assert_allclose(replayed, jnp.stack(means), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(jnp.broadcast_to(replayed_log_std, replayed.shape), jnp.stack(log_stds), rtol=1e-5,
+                               atol=1e-6)
+    if options.get("sigma") == "linear":
+        assert np.ptp(np.asarray(replayed_log_std)[..., 0]) > 1e-3  # varies with the state
     if memory != "none":  # the memory matters: without the restart the means differ after it
         other, _ = policy_sequence(model, params, obs, carry0, jnp.zeros_like(first))
         assert not np.allclose(other[4:, 1], replayed[4:, 1])
@@ -269,8 +282,10 @@ def test_replayed_sequence_equals_acting_step_by_step(memory):
 
 @pytest.mark.parametrize("memory", ["lstm", "history"])
 def test_training_with_memory_runs_and_carries_it(memory):
-    config = dataclasses.replace(SMOKE, num_updates=2, memory=memory, memory_size=4 if memory == "history" else 16,
-                                 stagger_starts=True)  # mid-episode at the end of a rollout: memory kept
+    # the LSTM case is Factory's actor: a LayerNorm on the LSTM's output and a state-dependent log-std
+    lstm = dict(memory_size=16, memory_layer_norm=True, sigma="linear")
+    config = dataclasses.replace(SMOKE, num_updates=2, memory=memory, **(lstm if memory == "lstm" else dict(
+        memory_size=4)), stagger_starts=True)  # mid-episode at the end of a rollout: memory kept
     trainer = make_trainer(config)
     state = jax.jit(trainer.init)(jax.random.key(0), default_hyperparams(config, **SMOKE_HP))
     state, metrics = jax.jit(make_chunk(trainer, 2))(state)
@@ -278,3 +293,7 @@ def test_training_with_memory_runs_and_carries_it(memory):
     leaves = jax.tree.leaves(state.policy_carry)
     assert all(leaf.shape[0] == config.num_envs for leaf in leaves)
     assert any(float(jnp.abs(leaf).max()) > 0 for leaf in leaves)  # the memory is in use
+    if memory == "lstm":  # the log-std head started state-independent at the initial log-std and has learned
+        sigma = state.params["params"]["actor"]["sigma"]
+        assert float(jnp.abs(sigma["kernel"]).max()) > 0
+        np.testing.assert_allclose(sigma["bias"], SMOKE_HP["init_log_std"], atol=0.05)

@@ -58,6 +58,8 @@ class PPOConfig:
     memory: str = "none"            # the actor's memory of the episode: "none", "lstm", "history" (networks.py)
     memory_size: int = 128          # LSTM width, or observations in the history (DEFAULT_MEMORY_SIZE)
     memory_layers: int = 1          # LSTM layers
+    memory_layer_norm: bool = False  # LayerNorm on the LSTM's output (Factory's actor)
+    sigma: str = "fixed"            # the log-std: "fixed" (a learned vector) or "linear" (a state-dependent head)
     asymmetric_critic: bool = True  # critic reads the privileged observation
     normalize_obs: bool = True
     obs_clip: float = 5.0
@@ -76,6 +78,10 @@ class PPOConfig:
             raise ValueError(f"unknown memory {self.memory!r}; choose none, lstm or history")
         if self.memory_size < 1 or self.memory_layers < 1 or (self.memory == "history" and self.memory_size < 2):
             raise ValueError(f"bad memory size: {self.memory_size} x {self.memory_layers}")
+        if self.memory_layer_norm and self.memory != "lstm":
+            raise ValueError("memory_layer_norm needs memory='lstm'")
+        if self.sigma not in ("fixed", "linear"):
+            raise ValueError(f"unknown sigma {self.sigma!r}; choose fixed or linear")
         if self.activation not in ("elu", "relu", "tanh", "silu"):
             raise ValueError(f"unknown activation {self.activation!r}")
 

@@ -2,11 +2,14 @@
 
 The actor reads the (normalised) policy observation, optionally through a memory of
 the episode so far; the critic is an MLP on the privileged observation when the critic
-is asymmetric (as AutoMate's). The log-std is a learned state-independent vector.
+is asymmetric (as AutoMate's). The log-std is a learned state-independent vector
+(`sigma="fixed"`, AutoMate's) or a linear head on the actor's last hidden layer
+(`sigma="linear"`, Factory's).
 
 Memory (`ActorCritic.memory`):
 - "none": an MLP on the current observation;
-- "lstm": LSTM layers before the MLP (AutoMate's actor: LSTM 256 x 2, then MLP);
+- "lstm": LSTM layers before the MLP (AutoMate's actor: LSTM 256 x 2, then MLP), optionally
+  with a LayerNorm on the last layer's output (`memory_layer_norm`, Factory's);
 - "history": the MLP reads the last `memory_size` observations, stacked.
 
 Acting is one step at a time, `policy(obs, carry) -> (carry, mean, log_std)`; whoever
@@ -33,6 +36,8 @@ if TYPE_CHECKING:
 
 ACTIVATIONS = {"elu": nn.elu, "relu": nn.relu, "tanh": nn.tanh, "silu": nn.silu}
 MEMORIES = ("none", "lstm", "history")
+SIGMAS = ("fixed", "linear")
+LAYER_NORM_EPSILON = 1e-5  # torch's default (Flax's is 1e-6), so rl_games' networks port exactly
 
 
 class MLP(nn.Module):
@@ -40,13 +45,18 @@ class MLP(nn.Module):
     out: int
     activation: str = "elu"
     head_scale: float = 1.0
+    sigma_head: bool = False  # also a linear head "sigma" [out] on the last hidden layer: returns (head, sigma)
 
     @nn.compact
     def __call__(self, x):
         act = ACTIVATIONS[self.activation]
         for width in self.hidden:
             x = act(nn.Dense(width, kernel_init=nn.initializers.orthogonal(np.sqrt(2.0)))(x))
-        return nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.head_scale))(x)
+        head = nn.Dense(self.out, kernel_init=nn.initializers.orthogonal(self.head_scale))(x)
+        if not self.sigma_head:
+            return head
+        # starts state-independent (zero kernel); the trainer sets the bias to the initial log-std
+        return head, nn.Dense(self.out, kernel_init=nn.initializers.zeros, name="sigma")(x)
 
 
 class ActorCritic(nn.Module):
@@ -58,15 +68,25 @@ class ActorCritic(nn.Module):
     memory_size: int = 128     # LSTM width, or observations in the history
     memory_layers: int = 1     # LSTM layers
     actor_head_scale: float = 0.01  # orthogonal gain of the actor's last layer (0: a residual starts at zero)
+    memory_layer_norm: bool = False  # LayerNorm on the LSTM's output (Factory's actor)
+    sigma: str = "fixed"       # log-std: "fixed" (a learned vector) or "linear" (a head on the last hidden layer)
 
     def setup(self):
         if self.memory not in MEMORIES:
             raise ValueError(f"unknown memory {self.memory!r}; choose one of {MEMORIES}")
-        self.actor = MLP(self.actor_hidden, self.action_size, self.activation, head_scale=self.actor_head_scale)
+        if self.sigma not in SIGMAS:
+            raise ValueError(f"unknown sigma {self.sigma!r}; choose one of {SIGMAS}")
+        if self.memory_layer_norm and self.memory != "lstm":
+            raise ValueError("memory_layer_norm needs memory='lstm'")
+        self.actor = MLP(self.actor_hidden, self.action_size, self.activation, head_scale=self.actor_head_scale,
+                         sigma_head=self.sigma == "linear")
         self.critic = MLP(self.critic_hidden, 1, self.activation, head_scale=1.0)
-        self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_size,))
+        if self.sigma == "fixed":
+            self.log_std = self.param("log_std", nn.initializers.zeros, (self.action_size,))
         if self.memory == "lstm":
             self.cells = [nn.OptimizedLSTMCell(self.memory_size) for _ in range(self.memory_layers)]
+            if self.memory_layer_norm:
+                self.memory_norm = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON)
 
     def __call__(self, obs, critic_obs, carry):
         carry, mean, log_std = self.policy(obs, carry)
@@ -74,16 +94,24 @@ class ActorCritic(nn.Module):
 
     def policy(self, obs, carry):
         """One step. obs [..., d], carry (`initial_carry` of the same leading shape)
-        -> (carry, mean [..., A], log_std [A])."""
+        -> (carry, mean [..., A], log_std: [A] when fixed, [..., A] when linear)."""
         if self.memory == "lstm":
             x, carry = obs, list(carry)
             for i, cell in enumerate(self.cells):
                 carry[i], x = cell(carry[i], x)
-            return tuple(carry), self.actor(x), self.log_std
+            if self.memory_layer_norm:
+                x = self.memory_norm(x)
+            return (tuple(carry),) + self._heads(x)
         if self.memory == "history":  # carry: the previous memory_size - 1 observations, oldest first
             frames = jnp.concatenate([carry, obs[..., None, :]], axis=-2)
-            return frames[..., 1:, :], self.actor(frames.reshape(frames.shape[:-2] + (-1,))), self.log_std
-        return carry, self.actor(obs), self.log_std
+            return (frames[..., 1:, :],) + self._heads(frames.reshape(frames.shape[:-2] + (-1,)))
+        return (carry,) + self._heads(obs)
+
+    def _heads(self, x):
+        """(mean, log_std) of the actor MLP on features x."""
+        if self.sigma == "linear":
+            return self.actor(x)
+        return self.actor(x), self.log_std
 
     def value(self, critic_obs):
         """critic_obs [..., d_c] -> [...]."""
@@ -108,7 +136,7 @@ def restart_carry(carry, first: jax.Array):
 
 def policy_sequence(model: ActorCritic, params, obs: jax.Array, carry, first: jax.Array):
     """Replay T steps: obs [T, B, d], carry at step 0 [B, ...], first [T, B] (the step starts an
-    episode: the memory restarts) -> (means [T, B, A], log_std [A])."""
+    episode: the memory restarts) -> (means [T, B, A], log_std [A], or [T, B, A] when linear)."""
     if model.memory == "none":  # nothing to carry: one batched call
         _, mean, log_std = model.apply(params, obs, carry, method=ActorCritic.policy)
         return mean, log_std
@@ -119,7 +147,7 @@ def policy_sequence(model: ActorCritic, params, obs: jax.Array, carry, first: ja
         return carry, (mean, log_std)
 
     _, (means, log_std) = jax.lax.scan(step, carry, (obs, first))
-    return means, log_std[0]
+    return means, (log_std[0] if model.sigma == "fixed" else log_std)
 
 
 def action_distribution(mean: jax.Array, log_std: jax.Array) -> distrax.MultivariateNormalDiag:

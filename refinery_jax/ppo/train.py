@@ -164,7 +164,8 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
     obs_size = env.observation_size + (0 if base is None else base.action_size)
     model = ActorCritic(env.action_size, config.actor_hidden, config.critic_hidden, config.activation,
                         config.memory, config.memory_size, config.memory_layers,
-                        actor_head_scale=0.01 if base is None else 0.0)
+                        actor_head_scale=0.01 if base is None else 0.0, memory_layer_norm=config.memory_layer_norm,
+                        sigma=config.sigma)
     B = config.num_envs
 
     def shifted(offset) -> Sampler:
@@ -197,7 +198,10 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
             raise ValueError("pass base_params exactly when the trainer has a base policy")
         key, k_params, k_inits, k_resets, k_clock = jax.random.split(key, 5)
         params = flax.core.unfreeze(init_params(k_params))
-        params["params"]["log_std"] = jnp.full(env.action_size, hp.init_log_std)
+        if config.sigma == "fixed":
+            params["params"]["log_std"] = jnp.full(env.action_size, hp.init_log_std)
+        else:  # a linear head that starts state-independent (zero kernel) at the initial log-std
+            params["params"]["actor"]["sigma"]["bias"] = jnp.full(env.action_size, hp.init_log_std)
         offset = jnp.asarray(config.curriculum.initial if config.curriculum else 0.0, jnp.float32)
         inits = jax.vmap(shifted(offset))(jax.random.split(k_inits, B))
         states = jax.vmap(env.reset)(jax.random.split(k_resets, B), inits)
