@@ -56,7 +56,7 @@ def _rl_games_model(config):
 def _rl_games_actions(model, obs, first):
     """Step rl_games' model through obs [T, B, OBS], its LSTM state zeroed where an episode
     starts (first [T, B]) -> (mus, sigmas) [T, B, A]."""
-    states = model.get_default_rnn_state() if model.is_rnn() else None
+    states = tuple(s[:, : obs.shape[1]] for s in model.get_default_rnn_state()) if model.is_rnn() else None
     mus, sigmas = [], []
     with torch.no_grad():
         for t in range(obs.shape[0]):
@@ -154,3 +154,31 @@ def test_bad_checkpoints_name_the_key(tmp_path):
     torch.save({"weights": {}}, tmp_path / "not_rl_games.pth")
     with pytest.raises(ValueError, match="not an rl_games checkpoint"):
         rlg.load_checkpoint(tmp_path / "not_rl_games.pth", config)
+
+
+def test_automate_checkpoint_acts_in_the_project_env_through_the_conventions(tmp_path):
+    """An rl_games policy of AutoMate's observation (24) and action conventions, imported and
+    run in the project's environment: each action the environment received is rl_games' own
+    mean action on AutoMate's view of the observation, mapped to the project's action."""
+    from refinery_jax.envs.assembly_env import AssemblyEnv
+    from refinery_jax.envs.episodes import run_episode
+    from refinery_jax.interop.isaac_lab import AUTOMATE_OBS_SIZE, automate_actor, automate_observation, project_action
+    from refinery_jax.ppo.networks import policy_actor
+
+    from test_ppo import SMOKE
+
+    assert AUTOMATE_OBS_SIZE == OBS
+    config = _yaml(*ARCHITECTURES["automate"])
+    model = _rl_games_model(config)
+    torch_ext.save_checkpoint(str(tmp_path / "automate"), {"model": model.state_dict(), "epoch": 1, "frame": 1})
+    imported = rlg.load_checkpoint(tmp_path / "automate.pth", config)
+    env = AssemblyEnv(SMOKE.env)
+    actor = automate_actor(policy_actor(imported.model, imported.obs_size))
+    steps = 6
+    episode = jax.jit(lambda key: run_episode(env, actor, (imported.policy, True), key, jnp.zeros(3), steps=steps,
+                                              record=True))(jax.random.key(0))
+    seen, acted = (np.asarray(x) for x in episode.trajectory)
+    view = np.asarray(automate_observation(jnp.asarray(seen)))[:, None, :]  # [steps, 1, 24]: one environment
+    mus, _ = _rl_games_actions(model, view.astype(np.float32), (np.arange(steps) == 0)[:, None])
+    np.testing.assert_allclose(acted, np.asarray(project_action(jnp.asarray(mus[:, 0]))), atol=1e-5)
+    assert np.ptp(acted[:, :3]) > 0.01  # the policy's actions vary over the episode
