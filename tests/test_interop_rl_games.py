@@ -182,3 +182,86 @@ def test_automate_checkpoint_acts_in_the_project_env_through_the_conventions(tmp
     mus, _ = _rl_games_actions(model, view.astype(np.float32), (np.arange(steps) == 0)[:, None])
     np.testing.assert_allclose(acted, np.asarray(project_action(jnp.asarray(mus[:, 0]))), atol=1e-5)
     assert np.ptp(acted[:, :3]) > 0.01  # the policy's actions vary over the episode
+
+
+def _donor_run(tmp_path):
+    """A finished quick-preset specialist run (random weights) as train_specialist.py leaves it."""
+    import json
+
+    from refinery_jax.checkpoints import save_checkpoint, template_from_shapes
+    from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE
+    from refinery_jax.ppo import default_hyperparams, make_trainer
+    from refinery_jax.ppo.presets import preset
+    from refinery_jax.refinery.specialists import SPECIALISTS_DIR, seed_keys
+
+    spec = preset("quick", "square_peg")
+    trainer = make_trainer(spec.config)
+    hparams = default_hyperparams(spec.config, **spec.hparams)
+    state = jax.vmap(trainer.init, in_axes=(0, None))(seed_keys([0])[0], hparams)
+    state = state.replace(update=np.full(1, spec.config.num_updates, np.int32), params=jax.tree.map(
+        lambda a: jax.random.normal(jax.random.key(a.size), a.shape) * 0.3, state.params))
+    run = tmp_path / "run"
+    info = {"fingerprint": "f", "task": "square_peg", "preset": "quick", "seeds": [0], "backend": spec.config.env.backend,
+            "ppo": {"num_updates": spec.config.num_updates},
+            "observation": {"policy": POLICY_OBS_SIZE, "critic": CRITIC_OBS_SIZE}}
+    (run / SPECIALISTS_DIR).mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps(info))
+    save_checkpoint(run / SPECIALISTS_DIR, spec.config.num_updates, state,
+                    {"fingerprint": "f", "task": "square_peg", "preset": "quick", "seeds": [0]})
+    return run, trainer, jax.tree.map(lambda x: x[0], trainer.policy(state))
+
+
+def test_script_exports_a_specialist_run_that_rl_games_reproduces(tmp_path, load_script_main):
+    from refinery_jax.envs.assembly_env import POLICY_OBS_SIZE
+
+    run, trainer, policy = _donor_run(tmp_path)
+    main = load_script_main(rlg_script())
+    main(["export", "--run", str(run), "--out", str(tmp_path / "export")])
+    config = rlg.load_yaml(tmp_path / "export" / "specialist.yaml")
+    rebuilt = model_builder.ModelBuilder().load(config["params"]).build(
+        {"actions_num": ACTIONS, "input_shape": (POLICY_OBS_SIZE,), "num_seqs": B, "value_size": 1,
+         "normalize_value": True, "normalize_input": True})
+    rebuilt.load_state_dict(torch_ext.load_checkpoint(str(tmp_path / "export" / "specialist.pth"))["model"])
+    obs = (np.random.default_rng(1).normal(size=(3, B, POLICY_OBS_SIZE))).astype(np.float32)
+    first = np.zeros((3, B), bool)
+    want, _ = _flax_actions(trainer.model, policy, obs, first)
+    got, _ = _rl_games_actions(rebuilt.eval(), obs, first)
+    np.testing.assert_allclose(got, want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(SystemExit):  # nothing is overwritten
+        main(["export", "--run", str(run), "--out", str(tmp_path / "export")])
+
+
+def test_script_evaluates_an_automate_checkpoint_in_the_env(tmp_path, capsys, load_script_main):
+    import json
+
+    config = _yaml(*ARCHITECTURES["automate"])
+    torch_ext.save_checkpoint(str(tmp_path / "automate"), {"model": _rl_games_model(config).state_dict()})
+    (tmp_path / "automate.yaml").write_text(__import__("yaml").safe_dump(config))
+    main = load_script_main(rlg_script())
+    args = ["evaluate", "--checkpoint", str(tmp_path / "automate.pth"), "--config", str(tmp_path / "automate.yaml"),
+            "--task", "square_peg_loose", "--embodiment", "floating_hand", "--trials", "4"]
+    results = main(args + ["--out", str(tmp_path / "eval")])
+    assert results["trials"] == 4 and 0.0 <= results["success"] <= 1.0
+    assert json.loads((tmp_path / "eval" / "results.json").read_text())["success"] == results["success"]
+    # a checkpoint of another observation layout is refused with the sizes named
+    other = _yaml((16,))
+    built = model_builder.ModelBuilder().load(copy.deepcopy(other["params"])).build(
+        {"actions_num": ACTIONS, "input_shape": (31,), "num_seqs": 1, "value_size": 1, "normalize_value": True,
+         "normalize_input": True})
+    torch_ext.save_checkpoint(str(tmp_path / "project"), {"model": built.state_dict()})
+    (tmp_path / "project.yaml").write_text(__import__("yaml").safe_dump(other))
+    with pytest.raises(SystemExit, match="observes 31 values"):
+        main(["evaluate", "--checkpoint", str(tmp_path / "project.pth"), "--config", str(tmp_path / "project.yaml"),
+              "--out", str(tmp_path / "eval2")])
+    bad = dict(other["params"], network=dict(other["params"]["network"], separate=True))
+    (tmp_path / "bad.yaml").write_text(__import__("yaml").safe_dump({"params": bad}))
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--checkpoint", str(tmp_path / "project.pth"), "--config", str(tmp_path / "bad.yaml"),
+              "--out", str(tmp_path / "eval3")])
+    assert "unsupported network.separate" in capsys.readouterr().err
+
+
+def rlg_script():
+    import pathlib
+
+    return pathlib.Path(__file__).resolve().parents[1] / "experiments" / "rl_games_interop.py"

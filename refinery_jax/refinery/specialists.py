@@ -146,7 +146,8 @@ def saved_preset(info: dict) -> Preset:
     from refinery_jax.ppo.presets import preset as ppo_preset  # noqa: PLC0415
 
     spec = ppo_preset(info["preset"], info["task"], info.get("backend", "mjx"), info.get("embodiment", "floating_hand"))
-    overrides = {k: info.get("ppo", {})[k] for k in ("num_updates", "memory", "memory_size", "memory_layers")
+    overrides = {k: info.get("ppo", {})[k] for k in ("num_updates", "memory", "memory_size", "memory_layers",
+                                                    "memory_layer_norm", "sigma")
                  if k in info.get("ppo", {})}
     return dataclasses.replace(spec, config=dataclasses.replace(spec.config, **overrides)) if overrides else spec
 
