@@ -63,3 +63,11 @@ def axis_angle_error(q_target, q_current, xp=jnp):
 def wrap_angle(angle: jnp.ndarray) -> jnp.ndarray:
     """Map an angle to [-pi, pi)."""
     return (angle + jnp.pi) % (2 * jnp.pi) - jnp.pi
+
+
+def hand_down(q, xp=jnp):
+    """The frame `q` (w, x, y, z) turned 180° about its own x axis: the project's fingertip
+    orientation (upright at yaw 0) as Isaac Lab's and franky's end effector (hand pointing
+    down, Euler xyz (π, 0, yaw)). Its own inverse up to sign: hand_down(hand_down(q)) = -q."""
+    turn = xp.asarray([0.0, 1.0, 0.0, 0.0], dtype=q.dtype)
+    return quat_mul(q, xp.broadcast_to(turn, q.shape), xp)

@@ -36,14 +36,13 @@ import numpy as np
 from refinery_jax.envs.assembly_env import POLICY_OBS, observation_slice
 from refinery_jax.envs.control import ControlConfig
 from refinery_jax.envs.episodes import Actor
-from refinery_jax.envs.rotations import quat_mul
+from refinery_jax.envs.rotations import hand_down
 
 AUTOMATE_OBS = (("joint_pos", 7), ("fingertip_pos", 3), ("fingertip_quat", 4), ("fingertip_goal_pos", 3),
                 ("fingertip_goal_quat", 4), ("delta_pos", 3))
 AUTOMATE_OBS_SIZE = sum(n for _, n in AUTOMATE_OBS)  # 24
 AUTOMATE_POS_ACTION_SCALE = 0.1   # m per unit action (CtrlCfg.pos_action_threshold)
 AUTOMATE_ROT_ACTION_SCALE = 0.01  # rad per unit action (CtrlCfg.rot_action_threshold)
-HAND_DOWN = jnp.array([0.0, 1.0, 0.0, 0.0])  # 180° about x (w, x, y, z): AutoMate's fingertip at the project's identity
 QUAT_ORDERS = ("wxyz", "xyzw")
 
 # the shared prefix really is AutoMate's layout (names differ, sizes and order do not)
@@ -64,7 +63,7 @@ class AutoMateConventions:
 
 def _automate_quat(q: jax.Array, order: str) -> jax.Array:
     """A project fingertip quaternion (w, x, y, z) as AutoMate's, in `order`."""
-    q = quat_mul(q, jnp.broadcast_to(HAND_DOWN, q.shape))
+    q = hand_down(q)
     return q if order == "wxyz" else jnp.concatenate([q[..., 1:], q[..., :1]], axis=-1)
 
 
