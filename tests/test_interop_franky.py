@@ -110,3 +110,27 @@ def test_watchdog_stops_the_franka_when_commands_stop(franka):
     envelope.command(state.ee_pos, UP)  # a new motion after recover()
     assert franka.state().moving
     envelope.close()
+
+
+def test_deploy_script_runs_a_specialist_on_franky_sim(tmp_path, load_script_main, specialist_run):
+    """experiments/deploy.py out of the box: franky-sim started in-process, a specialist's
+    trials through the envelope, every step logged."""
+    import json
+    import pathlib
+
+    run, _, _ = specialist_run
+    main = load_script_main(pathlib.Path(__file__).resolve().parents[1] / "experiments" / "deploy.py")
+    out = tmp_path / "deploy"
+    results = main(["--run", str(run), "--trials", "2", "--out", str(out)])
+    assert results["trials"] == 2 and 0 <= results["successes"] <= 2
+    trials = [json.loads(line) for line in (out / "trials.jsonl").read_text().splitlines()]
+    assert len(trials) == 2 and trials[0]["reached_start"]
+    config = json.loads((out / "config.json").read_text())
+    low, high = np.array(config["limits"]["workspace_low"]), np.array(config["limits"]["workspace_high"])
+    for trial in trials:
+        if trial["reached_start"]:
+            assert len(trial["steps"]) >= 1
+        for step in trial["steps"]:  # a random policy, and the fingertip never left the box (5 mm of tracking lag)
+            assert np.all(np.array(step["fingertip"]) >= low - 5e-3) and np.all(np.array(step["fingertip"]) <= high + 5e-3)
+    with pytest.raises(SystemExit):  # nothing is overwritten
+        main(["--run", str(run), "--out", str(out)])

@@ -184,37 +184,10 @@ def test_automate_checkpoint_acts_in_the_project_env_through_the_conventions(tmp
     assert np.ptp(acted[:, :3]) > 0.01  # the policy's actions vary over the episode
 
 
-def _donor_run(tmp_path):
-    """A finished quick-preset specialist run (random weights) as train_specialist.py leaves it."""
-    import json
-
-    from refinery_jax.checkpoints import save_checkpoint, template_from_shapes
-    from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE
-    from refinery_jax.ppo import default_hyperparams, make_trainer
-    from refinery_jax.ppo.presets import preset
-    from refinery_jax.refinery.specialists import SPECIALISTS_DIR, seed_keys
-
-    spec = preset("quick", "square_peg")
-    trainer = make_trainer(spec.config)
-    hparams = default_hyperparams(spec.config, **spec.hparams)
-    state = jax.vmap(trainer.init, in_axes=(0, None))(seed_keys([0])[0], hparams)
-    state = state.replace(update=np.full(1, spec.config.num_updates, np.int32), params=jax.tree.map(
-        lambda a: jax.random.normal(jax.random.key(a.size), a.shape) * 0.3, state.params))
-    run = tmp_path / "run"
-    info = {"fingerprint": "f", "task": "square_peg", "preset": "quick", "seeds": [0], "backend": spec.config.env.backend,
-            "ppo": {"num_updates": spec.config.num_updates},
-            "observation": {"policy": POLICY_OBS_SIZE, "critic": CRITIC_OBS_SIZE}}
-    (run / SPECIALISTS_DIR).mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps(info))
-    save_checkpoint(run / SPECIALISTS_DIR, spec.config.num_updates, state,
-                    {"fingerprint": "f", "task": "square_peg", "preset": "quick", "seeds": [0]})
-    return run, trainer, jax.tree.map(lambda x: x[0], trainer.policy(state))
-
-
-def test_script_exports_a_specialist_run_that_rl_games_reproduces(tmp_path, load_script_main):
+def test_script_exports_a_specialist_run_that_rl_games_reproduces(tmp_path, load_script_main, specialist_run):
     from refinery_jax.envs.assembly_env import POLICY_OBS_SIZE
 
-    run, trainer, policy = _donor_run(tmp_path)
+    run, trainer, policy = specialist_run
     main = load_script_main(rlg_script())
     main(["export", "--run", str(run), "--out", str(tmp_path / "export")])
     config = rlg.load_yaml(tmp_path / "export" / "specialist.yaml")

@@ -4,10 +4,11 @@
 envelope. Each `command(pos, quat)`:
   1. reads the robot: if the measured end-effector speed exceeds `max_speed` or the external
      force exceeds `max_force`, the robot is stopped and the command dropped;
-  2. moves the target at most `max_step` (m) and `max_yaw_step` (rad) from the previous
+  2. clips the target into the workspace box;
+  3. moves the target at most `max_step` (m) and `max_yaw_step` (rad) from the previous
      target (from the measured pose at the start of a motion), which bounds the target's
-     speed at max_step / period;
-  3. clips the target into the workspace box.
+     speed at max_step / period. A robot that starts outside the box is thus led into it
+     at that speed; once inside, every target stays inside (the box is convex).
 A watchdog thread stops the robot when no command has arrived for `watchdog` seconds (a
 crashed or stalled policy loop). After a stop the envelope refuses commands until
 `recover()`, so a policy cannot silently restart the motion. Every intervention is counted
@@ -105,18 +106,20 @@ class SafetyEnvelope:
             if state.force > self.limits.max_force:
                 self._stop("force", f"{state.force:.1f} N")
                 return
+            # into the box first, then at most one step from the previous target: a robot that
+            # starts outside the box is led into it at the step limit, never jumped there
+            inside = np.clip(pos, self.limits.workspace_low, self.limits.workspace_high)
+            if not np.array_equal(inside, pos):
+                self._hit("workspace", f"target {np.round(pos, 4).tolist()}")
             previous_pos, previous_quat = self._target or (state.ee_pos, state.ee_quat)
-            step = pos - previous_pos
+            step = inside - previous_pos
             length = float(np.linalg.norm(step))
             if length > self.limits.max_step:
-                pos = previous_pos + step * (self.limits.max_step / length)
+                inside = previous_pos + step * (self.limits.max_step / length)
                 self._hit("step", f"{length:.4f} m")
             quat, limited = _yaw_limited(previous_quat, quat / np.linalg.norm(quat), self.limits.max_yaw_step)
             if limited:
                 self._hit("yaw_step", "rotation limited")
-            inside = np.clip(pos, self.limits.workspace_low, self.limits.workspace_high)
-            if not np.array_equal(inside, pos):
-                self._hit("workspace", f"target {np.round(pos, 4).tolist()}")
             self._target = (inside, quat)
             self._last_command = self.clock()
             self.backend.command(inside, quat)
