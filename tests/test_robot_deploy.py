@@ -41,3 +41,21 @@ def test_goal_and_workspace_follow_the_socket():
     _, target, _ = smooth_and_target(jnp.ones(6), jnp.zeros(6), jnp.asarray(pos), jnp.asarray(quat),
                                      jnp.asarray(pos), jnp.zeros(3), env.config.control)
     assert np.all(np.abs(np.asarray(target) - pos) <= np.asarray(env.config.control.pos_bounds) + 1e-7)
+
+
+def test_core_package_never_imports_the_optional_extras():
+    """Every module outside interop/ imports without torch, rl_games, franky or gymnasium
+    being loaded (checked in a fresh interpreter, whatever this one has installed)."""
+    import pathlib
+    import subprocess
+    import sys
+
+    root = pathlib.Path(__file__).resolve().parents[1] / "refinery_jax"
+    modules = sorted(".".join(p.relative_to(root.parent).with_suffix("").parts) for p in root.rglob("*.py")
+                     if "interop" not in p.parts and p.name != "__init__.py")
+    code = ("import importlib, sys\n" + "".join(f"importlib.import_module({m!r})\n" for m in modules)
+            + "bad = [m for m in ('torch', 'rl_games', 'franky', 'franky_sim', 'gymnasium') if m in sys.modules]\n"
+            + "assert not bad, bad\nprint(len(sys.modules))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert len(modules) > 40
