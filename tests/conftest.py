@@ -47,7 +47,7 @@ def specialist_run(tmp_path):
     import jax
     import numpy as np
 
-    from refinery_jax.checkpoints import save_checkpoint
+    from refinery_jax.checkpoints import save_checkpoint, template_from_shapes
     from refinery_jax.envs.assembly_env import CRITIC_OBS_SIZE, POLICY_OBS_SIZE
     from refinery_jax.ppo import default_hyperparams, make_trainer
     from refinery_jax.ppo.presets import preset
@@ -56,9 +56,12 @@ def specialist_run(tmp_path):
     spec = preset("quick", "square_peg")
     trainer = make_trainer(spec.config)
     hparams = default_hyperparams(spec.config, **spec.hparams)
-    state = jax.vmap(trainer.init, in_axes=(0, None))(seed_keys([0])[0], hparams)
+    # the train state's shapes only (nothing compiled), random weights, unit observation statistics
+    state = template_from_shapes(jax.eval_shape(jax.vmap(trainer.init, in_axes=(0, None)), seed_keys([0])[0],
+                                                hparams))
     state = state.replace(update=np.full(1, spec.config.num_updates, np.int32), params=jax.tree.map(
-        lambda a: jax.random.normal(jax.random.key(a.size), a.shape) * 0.3, state.params))
+        lambda a: np.asarray(jax.random.normal(jax.random.key(a.size), a.shape) * 0.3, a.dtype), state.params),
+        obs_stats=state.obs_stats.replace(var=np.ones_like(state.obs_stats.var)))
     run = tmp_path / "run"
     info = {"fingerprint": "f", "task": "square_peg", "preset": "quick", "seeds": [0], "backend": spec.config.env.backend,
             "ppo": {"num_updates": spec.config.num_updates},
