@@ -112,6 +112,7 @@ def test_watchdog_stops_the_franka_when_commands_stop(franka):
     envelope.close()
 
 
+@pytest.mark.slow  # an end-to-end script run (~20 s); the backend and envelope tests above run in CI
 def test_deploy_script_runs_a_specialist_on_franky_sim(tmp_path, load_script_main, specialist_run):
     """experiments/deploy.py out of the box: franky-sim started in-process, a specialist's
     trials through the envelope, every step logged."""
