@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from refinery_jax.envs.assembly_env import EnvConfig
+from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
 from refinery_jax.imitation import ImitationConfig
 from refinery_jax.ppo import (
     CurriculumConfig,
@@ -230,8 +230,8 @@ def test_imitation_reward_from_generated_demos_trains():
 
     cfg = dataclasses.replace(SMOKE, num_updates=2, num_envs=4, num_minibatches=1,
                               imitation=ImitationConfig(num_demos=4), curriculum=CurriculumConfig())
-    trainer = make_trainer(cfg)  # only for its env
-    demos = jax.jit(make_generator(trainer.env, DemoConfig(num_attempts=cfg.imitation.num_demos)))(jax.random.key(1))
+    env = AssemblyEnv(cfg.env)
+    demos = jax.jit(make_generator(env, DemoConfig(num_attempts=cfg.imitation.num_demos)))(jax.random.key(1))
     paths = demos.assembly_paths()
     assert len(paths) > 0 and np.allclose(paths[:, -1], 0.0, atol=2e-3)  # assembly paths end at the goal
     state, metrics = jax.jit(make_train(cfg, demo_paths=paths))(jax.random.key(0))
