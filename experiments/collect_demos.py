@@ -75,19 +75,12 @@ def main(argv=None) -> dict:
     env = AssemblyEnv(EnvConfig(task=args.task, embodiment=args.embodiment, backend=args.backend))
     teacher = None
     if args.teacher_run is not None:
-        import jax
-        import numpy as np
-
-        from refinery_jax.ppo import make_trainer
-        from refinery_jax.refinery.specialists import saved_preset
         from refinery_jax.ppo.networks import policy_actor
+        from refinery_jax.refinery.specialists import specialist_policy
 
-        spec = saved_preset(json.loads((args.teacher_run / "config.json").read_text()))
-        # (the policy does not need the imitation reward's demos: placeholder paths)
-        trainer = make_trainer(spec.config, env, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
-        policy = jax.tree.map(lambda x: x[args.teacher_seed], trainer.policy(args.teacher_state))
+        trainer, policy = specialist_policy(args.teacher_run, args.teacher_state, args.teacher_seed, env)
         teacher = demo_io.Teacher(name=f"specialist {args.teacher_run} seed {args.teacher_seed}",
-                                  actor=policy_actor(trainer.model, env.observation_size, spec.config.obs_clip),
+                                  actor=policy_actor(trainer.model, env.observation_size, trainer.config.obs_clip),
                                   params=(policy, True))  # its mean action
     started = time.time()
     demos = demo_io.collect(env, args.demos, seed=args.seed, teacher=teacher, batch=args.batch)

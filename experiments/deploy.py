@@ -99,20 +99,17 @@ def main(argv=None) -> dict:
     import jax
     import numpy as np
 
-    from refinery_jax.envs.assembly_env import AssemblyEnv
     from refinery_jax.interop.franky import FrankyBackend
-    from refinery_jax.ppo import make_trainer
     from refinery_jax.ppo.networks import initial_carry
-    from refinery_jax.refinery.specialists import saved_preset
+    from refinery_jax.refinery.specialists import saved_preset, specialist_policy
     from refinery_jax.robot.deploy import make_policy_step, run_trial, safety_limits
     from refinery_jax.robot.safety import SafetyEnvelope
     from refinery_jax.run_dirs import write_run_config
 
     info = json.loads((args.run / "config.json").read_text())
     spec = saved_preset(info)
-    env = AssemblyEnv(spec.config.env)
-    trainer = make_trainer(spec.config, env, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
-    policy = jax.tree.map(lambda x: x[args.seed], trainer.policy(args.state))
+    trainer, policy = specialist_policy(args.run, args.state, args.seed)
+    env = trainer.env
     if env.config.embodiment != "franka":
         print(f"note: the specialist was trained on the {env.config.embodiment}; its joint observations are not "
               "the Franka's", flush=True)

@@ -119,19 +119,12 @@ def evaluate(args) -> dict:
 
 
 def export(args) -> dict:
-    import jax
-    import numpy as np
-
-    from refinery_jax.envs.assembly_env import AssemblyEnv
     from refinery_jax.interop.rl_games import export_checkpoint
-    from refinery_jax.ppo import make_trainer
-    from refinery_jax.refinery.specialists import saved_preset
+    from refinery_jax.refinery.specialists import specialist_policy
 
     info = json.loads((args.run / "config.json").read_text())
-    spec = saved_preset(info)
-    env = AssemblyEnv(spec.config.env)
-    trainer = make_trainer(spec.config, env, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
-    policy = jax.tree.map(lambda x: x[args.seed], trainer.policy(args.state))
+    trainer, policy = specialist_policy(args.run, args.state, args.seed)
+    env = trainer.env
     args.out.mkdir(parents=True)
     export_checkpoint(trainer.model, policy, env.observation_size, args.out / "specialist.pth",
                       args.out / "specialist.yaml", name=f"refinery_jax_{info['task'].replace('/', '_')}")

@@ -188,3 +188,14 @@ def load_specialists(run_dir: pathlib.Path, seeds, task: str | None = None, pres
         raise ValueError(f"the specialists in {run_dir} are unfinished ({int(state.update[0])} of "
                          f"{spec.config.num_updates} updates)")
     return jax.tree.map(lambda a: a[: len(want)], state)
+
+
+def specialist_policy(run_dir: pathlib.Path, state: TrainState, seed: int = 0, env=None):
+    """(trainer, Policy) of seed `seed` of a run's specialists (`state` from `load_specialists`),
+    to act with outside training: evaluation in another environment, export, a robot.
+    env: the environment to build the trainer on (default the run's own)."""
+    info = json.loads((pathlib.Path(run_dir) / "config.json").read_text())
+    spec = saved_preset(info)
+    # (acting does not need the imitation reward's demos: placeholder paths)
+    trainer = make_trainer(spec.config, env, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
+    return trainer, jax.tree.map(lambda x: x[seed], trainer.policy(state))
