@@ -73,7 +73,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def draw_starts(args, env) -> "np.ndarray":  # noqa: F821
+def draw_starts(args, env):
     import jax
     import numpy as np
 

@@ -1,7 +1,6 @@
 """AutoMate's observation and action conventions on the project's environment
 (`interop.isaac_lab`), against SciPy's rotations and AutoMate's action rule by hand."""
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
