@@ -61,13 +61,10 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be positive")
     args.baseline = None
     if args.baselines is not None:  # loaded here: a bad run ends before anything is written or compiled
-        from refinery_jax.checkpoints import CheckpointError
-        from refinery_jax.refinery.specialists import load_specialists
+        from refinery_jax.refinery.specialists import specialists_option
 
-        try:
-            args.baseline = load_specialists(args.baselines, range(args.seeds), task=args.task, preset=args.preset)
-        except (ValueError, CheckpointError) as error:
-            parser.error(f"--baselines: {error}")
+        args.baseline = specialists_option(parser, "--baselines", args.baselines, range(args.seeds), task=args.task,
+                                           preset=args.preset)
     from refinery_jax.refinery.presets import configure
 
     try:

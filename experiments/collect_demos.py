@@ -56,12 +56,11 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"{path} exists; demos are not overwritten")
     resolve_backend_arg(parser, args)
     if args.teacher_run is not None:
-        from refinery_jax.refinery.specialists import load_specialists
+        from refinery_jax.refinery.specialists import specialists_option
 
-        try:  # checks task, seeds, observation sizes and completeness before anything compiles
-            args.teacher_state = load_specialists(args.teacher_run, range(args.teacher_seed + 1), task=args.task)
-        except (ValueError, OSError) as error:
-            parser.error(f"--teacher-run: {error}")
+        # checks task, seeds, observation sizes and completeness before anything compiles
+        args.teacher_state = specialists_option(parser, "--teacher-run", args.teacher_run,
+                                                range(args.teacher_seed + 1), task=args.task)
     return args
 
 

@@ -60,12 +60,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--config: {error}")
     if args.starts == "gmm" and not (args.run / "arrays.npz").exists():
         parser.error("--starts gmm needs a refinery.py run (its arrays.npz holds the deployment GMM)")
-    from refinery_jax.refinery.specialists import load_specialists
+    from refinery_jax.refinery.specialists import specialists_option
 
-    try:
-        args.state = load_specialists(args.run, range(args.seed + 1))
-    except (ValueError, OSError) as error:
-        parser.error(f"--run: {error}")
+    args.state = specialists_option(parser, "--run", args.run, range(args.seed + 1))
     try:
         import franky  # noqa: F401
     except ImportError:

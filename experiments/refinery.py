@@ -56,15 +56,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.configs = configure_from_args(parser, args, args.task)
     args.baseline = None
     if args.baselines is not None:  # loaded here: a bad run ends before anything is written or compiled
-        from refinery_jax.checkpoints import CheckpointError
-        from refinery_jax.refinery.specialists import load_specialists
+        from refinery_jax.refinery.specialists import specialists_option
 
         if args.baseline_updates is not None:
             parser.error("--baselines and --baseline-updates exclude each other (the loaded specialists are trained)")
-        try:
-            args.baseline = load_specialists(args.baselines, range(args.seeds), task=args.task, preset=args.preset)
-        except (ValueError, CheckpointError) as error:
-            parser.error(f"--baselines: {error}")
+        args.baseline = specialists_option(parser, "--baselines", args.baselines, range(args.seeds), task=args.task,
+                                           preset=args.preset)
         import json
 
         trained = json.loads((args.baselines / "config.json").read_text()).get("ppo", {}).get("env", {})

@@ -68,12 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         except (ValueError, KeyError) as error:
             parser.error(str(error))
     else:
-        from refinery_jax.refinery.specialists import load_specialists
+        from refinery_jax.refinery.specialists import specialists_option
 
-        try:
-            args.state = load_specialists(args.run, range(args.seed + 1))
-        except (ValueError, OSError) as error:
-            parser.error(f"--run: {error}")
+        args.state = specialists_option(parser, "--run", args.run, range(args.seed + 1))
     try:
         import torch  # noqa: F401
     except ImportError:

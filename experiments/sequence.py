@@ -76,13 +76,9 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--seeds must be positive")
     args.donor = args.warm = None
     if args.init_from is not None:  # loaded here: a bad donor ends before anything is written or compiled
-        from refinery_jax.checkpoints import CheckpointError
-        from refinery_jax.refinery.specialists import load_specialists
+        from refinery_jax.refinery.specialists import specialists_option
 
-        try:
-            args.warm = load_specialists(args.init_from, range(args.seeds))
-        except (ValueError, CheckpointError) as error:
-            parser.error(f"--init-from: {error}")
+        args.warm = specialists_option(parser, "--init-from", args.init_from, range(args.seeds))
         args.donor = json.loads((args.init_from / "config.json").read_text())
     args.assemblies = list(multipart_names()) if args.all else [args.assembly]
     if args.stage_updates is not None and args.baseline_updates is not None:

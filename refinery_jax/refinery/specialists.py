@@ -199,3 +199,14 @@ def specialist_policy(run_dir: pathlib.Path, state: TrainState, seed: int = 0, e
     # (acting does not need the imitation reward's demos: placeholder paths)
     trainer = make_trainer(spec.config, env, demo_paths=np.zeros((1, 2, 3)) if spec.config.imitation else None)
     return trainer, jax.tree.map(lambda x: x[seed], trainer.policy(state))
+
+
+def specialists_option(parser, flag: str, run_dir, seeds, **checks) -> TrainState:
+    """`load_specialists` for a script's option `flag`: a run that cannot be used ends the
+    script through `parser.error`, naming the option, before anything is written or compiled."""
+    from refinery_jax.checkpoints import CheckpointError  # noqa: PLC0415
+
+    try:
+        return load_specialists(run_dir, seeds, **checks)
+    except (ValueError, OSError, CheckpointError) as error:
+        parser.error(f"{flag}: {error}")
