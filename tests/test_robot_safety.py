@@ -23,10 +23,11 @@ class KinematicRobot:
     fastest a real impedance controller could), unless a wall at z = `wall_z` stops it;
     the wall pushes back with `stiffness` N/m of penetration of the target below it."""
 
-    def __init__(self, pos=(0.5, 0.0, 0.3), wall_z=-np.inf, stiffness=2000.0):
+    def __init__(self, pos=(0.5, 0.0, 0.3), wall_z=-np.inf, stiffness=2000.0, lever=0.0):
         self.pos, self.quat = np.array(pos, float), UP.copy()
         self.velocity = np.zeros(3)
         self.wall_z, self.stiffness = wall_z, stiffness
+        self.lever = lever  # m: the contact's offset from the fingertip (a plug touching at its edge)
         self.target = None
         self.moving = False
         self.trace = [self.pos.copy()]
@@ -40,7 +41,8 @@ class KinematicRobot:
         below = self.wall_z - self.target[2] if self.target is not None else 0.0
         force = np.array([0.0, 0.0, self.stiffness * max(below, 0.0)])
         return RobotState(time=0.0, ee_pos=self.pos.copy(), ee_quat=self.quat.copy(),
-                          ee_twist=np.concatenate([self.velocity, np.zeros(3)]), wrench=np.concatenate([force, [0, 0, 0]]),
+                          ee_twist=np.concatenate([self.velocity, np.zeros(3)]),
+                          wrench=np.concatenate([force, [self.lever * force[2], 0.0, 0.0]]),
                           joint_pos=np.zeros(7), moving=self.moving)
 
     def command(self, pos, quat):
@@ -141,6 +143,27 @@ def test_contact_force_above_the_limit_stops_the_robot():
     assert max(forces) > LIMITS.max_force
     assert max(forces) <= LIMITS.max_force + LIMITS.max_step * robot.stiffness + 1e-9
     assert not robot.moving
+    envelope.close()
+
+
+def test_contact_torque_above_the_limit_stops_the_robot():
+    """A contact far off the fingertip's axis (a 0.6 m lever, a softer wall): the torque passes
+    its limit (5 Nm) while the force is still under its own (20 N); the torque limit stops it."""
+    robot = KinematicRobot(wall_z=0.25, stiffness=1000.0, lever=0.6)
+    envelope = SafetyEnvelope(robot, LIMITS)
+    envelope.connect()
+    torques, forces = [], []
+
+    def policy(state, t):
+        torques.append(state.torque)
+        forces.append(state.force)
+        return state.ee_pos - np.array([0.0, 0.0, 0.03]), UP
+
+    _run(envelope, robot, policy, 100)
+    assert envelope.stopped and envelope.hits["torque"] == 1 and envelope.hits["force"] == 0
+    assert max(torques) > LIMITS.max_torque
+    assert max(torques) <= LIMITS.max_torque + robot.lever * LIMITS.max_step * robot.stiffness + 1e-9
+    assert max(forces) < LIMITS.max_force and not robot.moving
     envelope.close()
 
 

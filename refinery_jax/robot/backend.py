@@ -37,6 +37,10 @@ class RobotState:
     def force(self) -> float:
         return float(np.linalg.norm(self.wrench[:3]))
 
+    @property
+    def torque(self) -> float:
+        return float(np.linalg.norm(self.wrench[3:]))
+
 
 class RobotBackend(Protocol):
     def connect(self) -> RobotState: ...

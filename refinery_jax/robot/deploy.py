@@ -43,6 +43,7 @@ class DeployConfig:
     max_step: float = 0.01                   # m per control period (SafetyLimits)
     max_speed: float = 0.25                  # m/s
     max_force: float = 30.0                  # N
+    max_torque: float = 5.0                  # Nm
     watchdog: float = 0.25                   # s
     settle_tolerance: float = 0.003          # m from the start pose before the policy takes over
     settle_seconds: float = 5.0              # time allowed to reach the start pose
@@ -79,7 +80,7 @@ def safety_limits(env: AssemblyEnv, config: DeployConfig) -> SafetyLimits:
     m = config.workspace_margin
     return SafetyLimits(workspace_low=tuple(goal - m), workspace_high=tuple(goal + np.array([m, m, 2 * m])),
                         max_step=config.max_step, max_speed=config.max_speed, max_force=config.max_force,
-                        watchdog=config.watchdog)
+                        max_torque=config.max_torque, watchdog=config.watchdog)
 
 
 def make_policy_step(env: AssemblyEnv, model: ActorCritic, obs_clip: float):

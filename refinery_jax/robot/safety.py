@@ -2,8 +2,9 @@
 
 `SafetyEnvelope(backend, limits)` is itself a `RobotBackend`; a deployment holds only the
 envelope. Each `command(pos, quat)`:
-  1. reads the robot: if the measured end-effector speed exceeds `max_speed` or the external
-     force exceeds `max_force`, the robot is stopped and the command dropped;
+  1. reads the robot: if the measured end-effector speed exceeds `max_speed`, or the external
+     force `max_force`, or the external torque `max_torque`, the robot is stopped and the
+     command dropped;
   2. clips the target into the workspace box;
   3. moves the target at most `max_step` (m) and `max_yaw_step` (rad) from the previous
      target (from the measured pose at the start of a motion), which bounds the target's
@@ -27,7 +28,7 @@ import numpy as np
 
 from refinery_jax.robot.backend import RobotBackend, RobotState
 
-LIMITS = ("workspace", "step", "yaw_step", "speed", "force", "watchdog", "invalid")
+LIMITS = ("workspace", "step", "yaw_step", "speed", "force", "torque", "watchdog", "invalid")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,13 +39,14 @@ class SafetyLimits:
     max_yaw_step: float = 0.05    # rad of target rotation per command
     max_speed: float = 0.25       # m/s of measured end-effector speed before a stop
     max_force: float = 30.0       # N of measured external force before a stop
+    max_torque: float = 5.0       # Nm of measured external torque before a stop
     watchdog: float = 0.25        # s without a command before a stop
 
     def __post_init__(self):
         low, high = np.asarray(self.workspace_low, float), np.asarray(self.workspace_high, float)
         if low.shape != (3,) or high.shape != (3,) or not np.all(low < high):
             raise ValueError(f"workspace_low {self.workspace_low} must be below workspace_high {self.workspace_high}")
-        for name in ("max_step", "max_yaw_step", "max_speed", "max_force", "watchdog"):
+        for name in ("max_step", "max_yaw_step", "max_speed", "max_force", "max_torque", "watchdog"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
 
@@ -105,6 +107,9 @@ class SafetyEnvelope:
                 return
             if state.force > self.limits.max_force:
                 self._stop("force", f"{state.force:.1f} N")
+                return
+            if state.torque > self.limits.max_torque:
+                self._stop("torque", f"{state.torque:.2f} Nm")
                 return
             # into the box first, then at most one step from the previous target: a robot that
             # starts outside the box is led into it at the step limit, never jumped there
