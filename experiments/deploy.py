@@ -98,13 +98,11 @@ def main(argv=None) -> dict:
 
     from refinery_jax.interop.franky import FrankyBackend
     from refinery_jax.ppo.networks import initial_carry
-    from refinery_jax.refinery.specialists import saved_preset, specialist_policy
+    from refinery_jax.refinery.specialists import specialist_policy
     from refinery_jax.robot.deploy import make_policy_step, run_trial, safety_limits
     from refinery_jax.robot.safety import SafetyEnvelope
     from refinery_jax.run_dirs import write_run_config
 
-    info = json.loads((args.run / "config.json").read_text())
-    spec = saved_preset(info)
     trainer, policy = specialist_policy(args.run, args.state, args.seed)
     env = trainer.env
     if env.config.embodiment != "franka":
@@ -113,11 +111,11 @@ def main(argv=None) -> dict:
     starts = draw_starts(args, env)
     limits = safety_limits(env, args.deploy)
     args.out.mkdir(parents=True)
-    write_run_config(args.out, {"run": str(args.run), "seed": args.seed, "task": info["task"], "robot": args.robot,
+    write_run_config(args.out, {"run": str(args.run), "seed": args.seed, "task": env.config.task, "robot": args.robot,
                                 "starts": args.starts, "draw_seed": args.draw_seed, "backend": "robot",
                                 "deploy": dataclasses.asdict(args.deploy), "limits": dataclasses.asdict(limits)},
                      False)
-    step = make_policy_step(env, trainer.model, spec.config.obs_clip)
+    step = make_policy_step(env, trainer.model, trainer.config.obs_clip)
     # compile before connecting: a first call inside the loop would stall past the watchdog
     zeros = np.zeros(env.observation_size, np.float32)
     jax.block_until_ready(step(policy, initial_carry(trainer.model, (), env.observation_size), zeros, zeros[:6],

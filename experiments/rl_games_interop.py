@@ -119,13 +119,12 @@ def export(args) -> dict:
     from refinery_jax.interop.rl_games import export_checkpoint
     from refinery_jax.refinery.specialists import specialist_policy
 
-    info = json.loads((args.run / "config.json").read_text())
     trainer, policy = specialist_policy(args.run, args.state, args.seed)
     env = trainer.env
     args.out.mkdir(parents=True)
     export_checkpoint(trainer.model, policy, env.observation_size, args.out / "specialist.pth",
-                      args.out / "specialist.yaml", name=f"refinery_jax_{info['task'].replace('/', '_')}")
-    summary = {"run": str(args.run), "seed": args.seed, "task": info["task"], "observation_size": env.observation_size,
+                      args.out / "specialist.yaml", name=f"refinery_jax_{env.config.task.replace('/', '_')}")
+    summary = {"run": str(args.run), "seed": args.seed, "task": env.config.task, "observation_size": env.observation_size,
                "action_size": env.action_size, "files": ["specialist.pth", "specialist.yaml"]}
     (args.out / "export.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary))

@@ -22,12 +22,13 @@ The models are the ones the JAX experiments use (`refinery.deployment`, `success
 
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable
 
 import jax
 import numpy as np
 
-from refinery_jax.refinery.deployment import DeploymentModel, deployment_sampler, fit_success_model
+from refinery_jax.refinery.deployment import DeploymentModel, deployment_sampler, fit_deployment
 from refinery_jax.success_models import ProposalConfig, fit_gp, propose
 
 Evaluator = Callable[[np.ndarray], np.ndarray]
@@ -49,7 +50,6 @@ def gym_evaluator(vector_env, policy: Callable[[np.ndarray], np.ndarray], seed: 
             padded = np.concatenate([batch, np.repeat(batch[-1:], n_envs - len(batch), axis=0)])
             obs, _ = vector_env.reset(seed=seed + calls[0], options={"init": padded})
             calls[0] += 1
-            success = np.zeros(n_envs, bool)
             while True:
                 obs, _, _, truncated, info = vector_env.step(policy(obs))
                 if np.all(truncated):
@@ -62,16 +62,19 @@ def gym_evaluator(vector_env, policy: Callable[[np.ndarray], np.ndarray], seed: 
 
 
 def fit_deployment_external(key: jax.Array, evaluate: Evaluator, low, high, num_inits: int = 1000) -> DeploymentModel:
-    """Algorithm 2, lines 1–4: evaluate `num_inits` uniform θ in [low, high], fit the GMM of the successes."""
+    """Algorithm 2, lines 1–4 (`refinery.deployment.fit_deployment`) with an outside evaluator:
+    `num_inits` uniform θ in [low, high], evaluated there, the GMM of the successes."""
     low, high = np.asarray(low, np.float32), np.asarray(high, np.float32)
     if low.shape != high.shape or low.ndim != 1 or not np.all(low < high):
         raise ValueError(f"low {low} and high {high} must be [d] with low < high")
-    k_inits, k_gmm = jax.random.split(key)
-    inits = np.asarray(jax.random.uniform(k_inits, (num_inits, low.shape[0]), minval=low, maxval=high))
-    success = np.asarray(evaluate(inits), bool)
-    if success.shape != (num_inits,):
-        raise ValueError(f"the evaluator returned shape {success.shape}, expected ({num_inits},)")
-    return fit_success_model(k_gmm, inits, success, low, high)
+
+    def outside(_policy, inits, _key):  # fit_deployment's evaluate(policy, inits, key), θ crossing as NumPy
+        success = np.asarray(evaluate(np.asarray(inits)), bool)
+        if success.shape != (num_inits,):
+            raise ValueError(f"the evaluator returned shape {success.shape}, expected ({num_inits},)")
+        return SimpleNamespace(inits=inits, success=success)
+
+    return fit_deployment(key, outside, None, low, high, num_inits)
 
 
 def draw_starts(key: jax.Array, model: DeploymentModel, n: int) -> np.ndarray:

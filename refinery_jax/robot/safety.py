@@ -28,8 +28,6 @@ import numpy as np
 
 from refinery_jax.robot.backend import RobotBackend, RobotState
 
-LIMITS = ("workspace", "step", "yaw_step", "speed", "force", "torque", "watchdog", "invalid")
-
 
 @dataclasses.dataclass(frozen=True)
 class SafetyLimits:
