@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from refinery_jax.mesh import to_host
+
 _LEAVES = "_leaves"
 
 
@@ -56,7 +58,7 @@ def _manager(directory, max_to_keep: Optional[int] = 2, create: bool = True) -> 
 
 def save_checkpoint(directory, step: int, state: Any, meta: dict, max_to_keep: Optional[int] = 2) -> None:
     """Write `state` (any pytree of arrays) and the JSON-serialisable `meta` as step `step`."""
-    flat, _ = _flatten(jax.device_get(state))
+    flat, _ = _flatten(to_host(state))  # (sharded arrays too, from every process)
     arrays = {f"{i:05d}": x for i, (_, x) in enumerate(flat) if x.size > 0}
     record = {**meta, _LEAVES: _describe(flat)}
     with _manager(directory, max_to_keep) as manager:

@@ -50,11 +50,17 @@ def make_evaluate_actor(env: AssemblyEnv, actor: Actor, batch_size: int = 256, e
         run = jax.vmap(lambda k, i: episode(params, k, i))
         if n <= batch_size:
             return run(keys, inits)
-        # pad to whole batches (one compiled batch shape, no remainder path), then drop the padding
+        # pad to whole batches (one compiled batch shape, no remainder path), then drop the padding.
+        # Batch j holds episodes j, j + m, j + 2m, ... (m batches): consecutive episodes stay in one
+        # row of the [batch_size, m] layout, so a mesh's split of the episodes is a split of every batch.
         pad = -n % batch_size
-        keys, inits = (jnp.concatenate([x, x[:pad]]) for x in (keys, inits))
-        out = jax.lax.map(lambda xs: run(*xs), (keys.reshape(-1, batch_size), inits.reshape(-1, batch_size, inits.shape[1])))
-        return jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:])[:n], out)
+
+        def batches(x):  # [n, ...] -> [m, batch_size, ...]
+            x = jnp.concatenate([x, x[:pad]])
+            return jnp.swapaxes(x.reshape((batch_size, -1) + x.shape[1:]), 0, 1)
+
+        out = jax.lax.map(lambda xs: run(*xs), (batches(keys), batches(inits)))
+        return jax.tree.map(lambda x: jnp.swapaxes(x, 0, 1).reshape((-1,) + x.shape[2:])[:n], out)
 
     return evaluate
 

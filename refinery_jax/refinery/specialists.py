@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from refinery_jax.checkpoints import latest_step, restore_checkpoint, save_checkpoint
+from refinery_jax.mesh import check_fits, place, train_state_shardings, use_mesh
 from refinery_jax.ppo.config import PPOHyperparams, default_hyperparams
 from refinery_jax.ppo.presets import Preset
 from refinery_jax.ppo.train import Trainer, TrainState, make_chunk, make_trainer
@@ -82,7 +83,7 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
                       checkpoint_dir: Optional[pathlib.Path] = None, meta: Optional[dict] = None,
                       resume: bool = False, progress: Callable = print,
                       warm_start: Optional[TrainState] = None, logger=None, tag: str = "train",
-                      base_params=None) -> TrainState:
+                      base_params=None, mesh=None) -> TrainState:
     """Train one specialist per key ([S]) for `trainer.config.num_updates` updates; returns TrainState [S].
 
     With `checkpoint_dir`, the stacked state is saved after every chunk and, with
@@ -92,16 +93,22 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
     environments and curriculum of this task). logger: a `logging_utils.ScalarLogger`
     (per-update metrics of seed 0 and the mean over seeds, under `tag/`). base_params: with a
     trainer that learns a residual (`make_trainer(..., base=...)`), each seed's frozen base [S].
+    mesh: a (seeds x envs) device mesh (`refinery_jax.mesh`): seeds and environments split over it;
+    None: one device. The returned state stays sharded.
     """
     from refinery_jax.logging_utils import progress_bar  # noqa: PLC0415
 
     config = trainer.config
     if config.num_updates % chunk_updates:
         raise ValueError(f"num_updates {config.num_updates} is not a multiple of chunk_updates {chunk_updates}")
-    if base_params is None:
-        state = jax.jit(jax.vmap(trainer.init, in_axes=(0, None)))(keys, hparams)
-    else:
-        state = jax.jit(jax.vmap(trainer.init, in_axes=(0, None, 0)))(keys, hparams, base_params)
+    init_args = (keys, hparams) if base_params is None else (keys, hparams, base_params)
+    init = jax.vmap(trainer.init, in_axes=(0, None) if base_params is None else (0, None, 0))
+    shardings = None
+    if mesh is not None:
+        check_fits(mesh, config.num_envs, keys.shape[0])
+        shardings = train_state_shardings(mesh, jax.eval_shape(init, *init_args))
+    with use_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)(*init_args)
     if warm_start is not None:
         shapes = lambda t: jax.tree.map(jnp.shape, (t.params, t.obs_stats, t.critic_stats))  # noqa: E731
         if shapes(warm_start) != shapes(state):
@@ -110,8 +117,10 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
                               critic_stats=warm_start.critic_stats)
     if resume and checkpoint_dir is not None and latest_step(checkpoint_dir) is not None:
         state, _ = restore_checkpoint(checkpoint_dir, state, expected_meta=meta)
+        state = state if mesh is None else place(state, shardings)  # onto this run's devices, however many
         progress(f"resumed the specialists at update {int(state.update[0])}")
-    chunk = jax.jit(jax.vmap(make_chunk(trainer, chunk_updates)))
+    chunk = jax.jit(jax.vmap(make_chunk(trainer, chunk_updates)),
+                    **({} if mesh is None else dict(out_shardings=(shardings, None))))
     import time  # noqa: PLC0415
 
     started = time.time()
@@ -119,7 +128,8 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
              f"{config.num_updates} updates = {config.total_env_steps:,} env steps each")
     with progress_bar(config.num_updates, "specialists", "update", initial=int(state.update[0])) as bar:
         while int(state.update[0]) < config.num_updates:
-            state, metrics = chunk(state)
+            with use_mesh(mesh):
+                state, metrics = chunk(state)
             m = jax.device_get(metrics)
             rates = m.successes.sum(axis=1) / np.maximum(m.episodes.sum(axis=1), 1)
             if logger is not None:  # (the chunk's wall time, compile included, goes with its last update)

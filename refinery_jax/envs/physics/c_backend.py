@@ -3,9 +3,9 @@
 MJX on a CPU steps this project's scenes at ~1/20 of C MuJoCo's speed, because XLA
 executes its solver and collision code as many small kernels. This backend keeps the
 environment in JAX and hands only the physics to C MuJoCo: one `pure_callback` per
-control step, for every environment of every vmap at once (`vmap_method="broadcast_all"`
-folds seeds x environments into one call), which steps all of them on MuJoCo's own
-thread pool.
+control step, for every environment of every vmap at once (seeds x environments fold
+into one call), which steps all of them on MuJoCo's own thread pool. Under a device mesh
+each device calls it with its own shard of environments (`host_batching.host_call`).
 
 State. JAX carries each world's float64 `mjSTATE_INTEGRATION` row (time, qpos, qvel,
 solver warm start, mocap pose, userdata) as raw bits (uint32 pairs: JAX runs in
@@ -47,6 +47,7 @@ from mujoco import batch as mj_batch
 
 from refinery_jax.envs.control import impedance_torques
 from refinery_jax.envs.physics import Physics, PhysicsSpec, compiled_law
+from refinery_jax.envs.physics.host_batching import host_call
 
 STATE_SPEC = mujoco.mjtState.mjSTATE_INTEGRATION
 # warnings after which MuJoCo has reset or altered a world: count it as a divergence
@@ -160,10 +161,10 @@ class CBackend:
                   jax.ShapeDtypeStruct((3,), f32), jax.ShapeDtypeStruct((4,), f32),
                   jax.ShapeDtypeStruct((6,), f32), jax.ShapeDtypeStruct((), jnp.bool_))
         sim = physics.sim
-        rows, qpos, qvel, tip_pos, tip_quat, tip_vel, failed = jax.pure_callback(
+        rows, qpos, qvel, tip_pos, tip_quat, tip_vel, failed = host_call(
             self._host_step, shapes, sim.rows, sim.fresh, physics.qpos.astype(f32),
             physics.socket_pos.astype(f32), physics.socket_quat.astype(f32), pos_target.astype(f32),
-            quat_target.astype(f32), vmap_method="broadcast_all")
+            quat_target.astype(f32))
         out = physics.replace(qpos=qpos, qvel=qvel, tip_pos=tip_pos, tip_quat=tip_quat, tip_vel=tip_vel,
                               sim=CState(rows=rows, fresh=jnp.zeros((), bool)))
         return out, failed
