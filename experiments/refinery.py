@@ -25,7 +25,7 @@ import time
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 from refinery_jax.assets.registry import DEFAULT_TASK, task_names  # noqa: E402
-from refinery_jax.refinery.presets import add_budget_arguments, configure_from_args  # noqa: E402
+from refinery_jax.refinery.presets import add_budget_arguments, add_device_arguments, configure_from_args  # noqa: E402
 from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E402
 
 
@@ -43,10 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
     import numpy as np
 
-    from refinery_jax.refinery.presets import resolve_backend_arg
+    from refinery_jax.refinery.presets import mesh_from_args, resolve_backend_arg
 
     resolve_backend_arg(parser, args)  # first: choosing MJX sets its XLA CPU flag before JAX starts
     if args.task not in task_names():
@@ -54,6 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.seeds < 1:
         parser.error("--seeds must be positive")
     args.configs = configure_from_args(parser, args, args.task)
+    args.mesh = mesh_from_args(parser, args)
+    if args.mesh is not None:
+        from refinery_jax.mesh import check_fits
+
+        try:
+            check_fits(args.mesh, args.configs[0].config.num_envs, args.seeds)
+        except ValueError as error:
+            parser.error(f"{error} (--devices, --seed-axis)")
     args.baseline = None
     if args.baselines is not None:  # loaded here: a bad run ends before anything is written or compiled
         from refinery_jax.refinery.specialists import specialists_option
@@ -103,15 +112,19 @@ def main(argv=None) -> None:
     seeds = list(range(args.seeds))
     loaded = (str(args.baselines.resolve()),) if args.baselines else ()  # loaded specialists are part of the run
     run_id = run_identity(spec, args.task, args.preset, seeds, extra=(comparison_config,) + loaded)
-    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k not in ("configs", "baseline")},
+    from refinery_jax.mesh import describe
+
+    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items()
+                                              if k not in ("configs", "baseline", "mesh")},
                            "ppo": dataclasses.asdict(config), "comparison": dataclasses.asdict(comparison_config),
-                           "jax_version": jax.__version__, "device": str(jax.devices()[0])}, resume)
+                           "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+                           "devices": describe(args.mesh)}, resume)
     progress(f"{args.task}, preset {args.preset}, seeds {seeds}, physics backend {config.env.backend}")
 
     k_train, k_compare, k_maps = seed_keys(seeds)
     with ScalarLogger(out) as logger:
         run = refine_task(spec, comparison_config, k_train, k_compare, out, run_id, resume, progress, logger=logger,
-                          specialists=args.baseline)
+                          specialists=args.baseline, mesh=args.mesh)
     trainer, evaluate, state, result, table = run
     env = trainer.env
     low, high = env.init_low, env.init_high
@@ -122,7 +135,7 @@ def main(argv=None) -> None:
     results = {**run_id, "methods": table, "eval_trials": comparison_config.eval_trials,
                "specialist_env_steps": int(state.update[0]) * config.batch_size,  # loaded ones included "acquisition": args.acquisition,
                "selection": args.selection, "jax_version": jax.__version__, "device": str(jax.devices()[0]),
-               "backend": config.env.backend, "resumed": resume}
+               "backend": config.env.backend, "resumed": resume, "devices": describe(args.mesh)}
     if not args.no_figures:
         fig_dir = out / "figures"
         progress("[success maps before and after fine-tuning, seed 0; figures]")

@@ -31,7 +31,7 @@ from refinery_jax.run_dirs import prepare_run_dir, write_run_config  # noqa: E40
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from refinery_jax.refinery.presets import add_backend_argument
+    from refinery_jax.refinery.presets import add_backend_argument, add_device_arguments
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -55,8 +55,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--map-grid", type=int, default=5, help="success-map cells per axis (x and y)")
     parser.add_argument("--map-z", type=int, default=2, help="success-map z slices")
     parser.add_argument("--map-trials", type=int, default=8, help="episodes per success-map cell")
+    add_device_arguments(parser)
     args = parser.parse_args(argv)
-    from refinery_jax.refinery.presets import resolve_backend_arg
+    from refinery_jax.refinery.presets import mesh_from_args, resolve_backend_arg
 
     resolve_backend_arg(parser, args)  # first: choosing MJX sets its XLA CPU flag before JAX starts
     try:  # a registered task or a multi-part stage "ASSEMBLY/i"
@@ -87,6 +88,15 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.spec = dataclasses.replace(args.spec, config=dataclasses.replace(args.spec.config, **changes))
     except ValueError as error:
         parser.error(str(error))
+    args.mesh = mesh_from_args(parser, args)
+    if args.mesh is not None:
+        from refinery_jax.mesh import check_fits
+
+        try:
+            check_fits(args.mesh, args.spec.config.num_envs, args.seeds)
+            check_fits(args.mesh, args.eval_episodes, args.seeds)
+        except ValueError as error:
+            parser.error(f"{error} (--devices, --seed-axis; episodes: --eval-episodes)")
     return args
 
 
@@ -118,9 +128,12 @@ def main(argv=None) -> None:
     seeds = list(range(args.seeds))
     progress = RunLog(out)
     run_id = run_identity(spec, args.task, args.preset, seeds)
-    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k != "spec"},
+    from refinery_jax.mesh import batch_sharding, describe, to_host, use_mesh
+
+    write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items() if k not in ("spec", "mesh")},
                            "ppo": dataclasses.asdict(config), "hparams": spec.hparams,
-                           "jax_version": jax.__version__, "device": str(jax.devices()[0])}, resume)
+                           "jax_version": jax.__version__, "device": str(jax.devices()[0]),
+                           "devices": describe(args.mesh)}, resume)
     progress(f"task {args.task} | {args.embodiment} | preset {args.preset} | seeds {seeds} | physics backend "
              f"{config.env.backend} | "
              f"{config.num_envs} envs x {config.num_steps} steps x {config.num_updates} updates = "
@@ -130,21 +143,24 @@ def main(argv=None) -> None:
         trainer, hparams = build_trainer(spec, progress)
         t_train = time.time()
         state = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / SPECIALISTS_DIR, run_id,
-                                  resume, progress, logger=logger)
+                                  resume, progress, logger=logger, mesh=args.mesh)
         train_wall = time.time() - t_train
 
         progress(f"evaluating: {args.eval_episodes} fresh trials per seed")
         t_eval = time.time()
         env = trainer.env
         evaluate = make_evaluate(env, trainer.model, obs_clip=config.obs_clip)
-        policies = jax.vmap(trainer.policy)(state)
         split = jax.vmap(lambda k: jax.random.split(k, 2))(k_after)
         inits = jax.vmap(lambda k: jax.vmap(env_uniform(env))(jax.random.split(k, args.eval_episodes)))(split[:, 0])
-        result = jax.device_get(jax.jit(jax.vmap(evaluate))(policies, inits, split[:, 1]))
+        if args.mesh is not None:  # the trials split over the mesh like the training environments
+            inits = jax.device_put(inits, batch_sharding(args.mesh, seeds_batched=True))
+        with use_mesh(args.mesh):
+            policies = jax.vmap(trainer.policy)(state)
+            result = to_host(jax.jit(jax.vmap(evaluate))(policies, inits, split[:, 1]))
         eval_wall = time.time() - t_eval
         rates = np.asarray(result.success).mean(axis=1)
         logger.log(int(config.total_env_steps), {"eval/success": float(rates.mean())})
-        first = jax.tree.map(lambda a: a[0], policies)
+        first = jax.tree.map(lambda a: a[0], to_host(policies))
         smap = success_map(evaluate, first, k_maps[0], env.init_low, env.init_high, nx=args.map_grid,
                            ny=args.map_grid, nz=args.map_z, trials=args.map_trials)
         map_paths = save_success_map(smap, out, title=f"{args.task} seed 0")
@@ -165,6 +181,7 @@ def main(argv=None) -> None:
                            for r in curve if "train/wall_s" in r],
         "success_map": {**map_stats, **map_paths},
         "resumed": resume,
+        "devices": describe(args.mesh),
     }
     (out / "results.json").write_text(json.dumps(results, indent=2))
     progress(f"success {results['success_rate']:.3f} on {args.eval_episodes} fresh trials per seed "

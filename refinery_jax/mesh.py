@@ -96,6 +96,25 @@ def use_mesh(mesh: Optional[Mesh]):
     return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
+def in_mesh(fn, mesh: Optional[Mesh], split: tuple = ()):
+    """`fn` traced and run inside the mesh (the C backend splits its host calls per device only
+    there); the positional arguments in `split`, per-seed batches [S, N, ...], placed over
+    (seeds, envs) when the mesh divides them (otherwise XLA places them). `fn` itself without a mesh."""
+    if mesh is None:
+        return fn
+
+    def run(*args):
+        args = list(args)
+        for i in split:
+            seeds, n = args[i].shape[:2]
+            if seeds % mesh.shape[SEEDS] == 0 and n % mesh.shape[ENVS] == 0:
+                args[i] = jax.device_put(args[i], batch_sharding(mesh, seeds_batched=True))
+        with use_mesh(mesh):
+            return fn(*args)
+
+    return run
+
+
 def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 
@@ -121,14 +140,17 @@ def to_host(tree: Any) -> Any:
         return jax.device_get(tree)
     from jax.experimental import multihost_utils  # noqa: PLC0415
 
-    return multihost_utils.process_allgather(tree, tiled=True)
+    data = jax.tree.map(lambda x: jax.random.key_data(x) if _is_key(x) else x, tree)
+    data = multihost_utils.process_allgather(data, tiled=True)  # typed keys cannot travel: their raw data can
+    return jax.tree.map(lambda x, d: jax.random.wrap_key_data(d, impl=jax.random.key_impl(x)) if _is_key(x) else d,
+                        tree, data)
 
 
 def initialize_distributed(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
                            process_id: Optional[int] = None) -> None:
     """Join a multi-process run (one process per host, or per GPU). Call before any other
     JAX call. On TPU pods and SLURM/Open MPI clusters JAX finds the arguments itself;
-    elsewhere pass them (or set JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID).
+    elsewhere pass them (the coordinator may also come from JAX_COORDINATOR_ADDRESS).
     CPU processes exchange data through gloo."""
     jax.config.update("jax_cpu_collectives_implementation", "gloo")  # (CPU only; GPUs and TPUs keep theirs)
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)

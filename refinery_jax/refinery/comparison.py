@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from refinery_jax.envs.samplers import uniform_box
+from refinery_jax.mesh import in_mesh
 from refinery_jax.ppo.train import Trainer, TrainState
 from refinery_jax.refinery.deployment import SUCCESS_GMM, concentration, deployment_sampler, fit_success_model
 from refinery_jax.refinery.finetune import FineTune, FineTuneConfig, FineTuneState, make_finetune, share_programs
@@ -82,9 +83,10 @@ class Comparison(NamedTuple):
     fit_model: Callable         # (key, θ [N, d], success [N]) -> DeploymentModel (Algorithm 2's offline phase)
 
 
-def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callable) -> Comparison:
+def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callable, mesh=None) -> Comparison:
     """The pieces of each stage. Evaluation is one vmapped program, compiled once per number
-    of θ and shared by every stage (fresh rows, GMM data, fine-tuning rounds)."""
+    of θ and shared by every stage (fresh rows, GMM data, fine-tuning rounds); with a device
+    mesh (`refinery_jax.mesh`), its trials split over the mesh."""
     env = trainer.env
     low, high = env.init_low, env.init_high
     uniform = uniform_box(low, high)
@@ -99,7 +101,7 @@ def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callab
         config=config,
         finetune_bo=bo,
         finetune_uniform=control,
-        evaluate=jax.jit(jax.vmap(evaluate)),
+        evaluate=in_mesh(jax.jit(jax.vmap(evaluate)), mesh, split=(1,)),
         uniform_inits=lambda key, n: draw(uniform, key, n),
         deployment_inits=lambda key, model, n: draw(deployment_sampler(model, config.deployment), key, n),
         fit_model=lambda key, inits, success: fit_success_model(key, inits, success, low, high, config.gmm),

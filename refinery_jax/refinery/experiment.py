@@ -15,6 +15,7 @@ import jax
 
 from refinery_jax.checkpoints import stage_cache
 from refinery_jax.evaluation import make_evaluate
+from refinery_jax.mesh import use_mesh
 from refinery_jax.ppo.presets import Preset
 from refinery_jax.ppo.train import Trainer, TrainState
 from refinery_jax.refinery.comparison import (
@@ -37,22 +38,27 @@ class TaskRun(NamedTuple):
 
 def refine_task(spec: Preset, comparison_config: ComparisonConfig, train_keys: jax.Array, compare_keys: jax.Array,
                 out: pathlib.Path, run_id: dict, resume: bool, progress: Callable = print,
-                warm_start: Optional[TrainState] = None, logger=None, specialists: Optional[TrainState] = None) -> TaskRun:
+                warm_start: Optional[TrainState] = None, logger=None, specialists: Optional[TrainState] = None,
+                mesh=None) -> TaskRun:
     """Specialists ([S] keys `train_keys`, optionally warm-started; or given as `specialists`, e.g.
     `load_specialists` of an experiments/train_specialist.py run) → the comparison on `compare_keys`.
 
-    run_id: stored with every checkpoint; a resumed run must match it.
+    run_id: stored with every checkpoint; a resumed run must match it. mesh: a device mesh
+    (`refinery_jax.mesh`) the specialists' environments and the evaluation trials split over;
+    the fine-tuning rounds run in it, placed by XLA from their sharded inputs.
     """
     config = spec.config
     trainer, hparams = build_trainer(spec, progress)
     if specialists is None:
         baseline = train_specialists(trainer, hparams, train_keys, spec.chunk_updates, out / SPECIALISTS_DIR, run_id,
-                                     resume, progress, warm_start=warm_start, logger=logger)
+                                     resume, progress, warm_start=warm_start, logger=logger, mesh=mesh)
     else:
         baseline = specialists
     evaluate = make_evaluate(trainer.env, trainer.model, obs_clip=config.obs_clip)
-    comparison = make_comparison(comparison_config, trainer, evaluate)
+    comparison = make_comparison(comparison_config, trainer, evaluate, mesh)
     cache = stage_cache(out / "stages", run_id, resume, progress)
-    result = run_comparison(comparison, trainer, compare_keys, baseline, progress=progress, cache=cache, logger=logger)
+    with use_mesh(mesh):
+        result = run_comparison(comparison, trainer, compare_keys, baseline, progress=progress, cache=cache,
+                                logger=logger)
     table = comparison_table(result, trainer.env.init_low, trainer.env.init_high, comparison_config.cells)
     return TaskRun(trainer=trainer, evaluate=evaluate, baseline=baseline, result=result, table=table)

@@ -70,11 +70,50 @@ def add_backend_argument(parser) -> None:
                         help="physics: C MuJoCo (c, the default on CPU) or MJX (mjx, the default on GPU/TPU)")
 
 
+def add_device_arguments(parser) -> None:
+    """`--devices`, `--seed-axis` and the multi-process options (scripts that split work over a mesh)."""
+    group = parser.add_argument_group("devices (README: Scale-out)")
+    group.add_argument("--devices", default="all",
+                       help="devices to split seeds and environments over: a number or 'all' (default: all of "
+                            "them, every process's; one device runs as before)")
+    group.add_argument("--seed-axis", type=int, default=1,
+                       help="devices along the mesh's seeds axis (default 1: every device splits each seed's "
+                            "environments); must divide --devices and the number of seeds")
+    group.add_argument("--distributed", action="store_true",
+                       help="join a multi-process run first (jax.distributed.initialize: TPU pods, SLURM and "
+                            "Open MPI are detected; elsewhere give --coordinator, --num-processes, --process-id)")
+    group.add_argument("--coordinator", default=None, help="HOST:PORT of process 0 (with --distributed)")
+    group.add_argument("--num-processes", type=int, default=None, help="processes in the run (with --distributed)")
+    group.add_argument("--process-id", type=int, default=None, help="this process's index (with --distributed)")
+
+
+def mesh_from_args(parser, args):
+    """The (seeds x envs) mesh the device arguments ask for, or None for one device. Call after
+    `resolve_backend_arg` (which joins a multi-process run first)."""
+    import jax
+
+    from refinery_jax.mesh import make_mesh
+
+    try:
+        count = None if args.devices == "all" else int(args.devices)
+        mesh = make_mesh(count, args.seed_axis)
+    except ValueError as error:
+        parser.error(f"--devices {args.devices} --seed-axis {args.seed_axis}: {error}")
+    if mesh.size == 1 and jax.process_count() == 1:
+        return None
+    return mesh
+
+
 def resolve_backend_arg(parser, args) -> None:
     """Replace `args.backend` by the backend that will run; first thing after parsing, before
-    any JAX computation (choosing MJX sets its XLA CPU flag). Bad choices end in `parser.error`."""
+    any JAX computation (choosing MJX sets its XLA CPU flag; a multi-process run, `--distributed`,
+    is joined here, before JAX looks at its devices). Bad choices end in `parser.error`."""
     from refinery_jax.envs.physics import resolve_backend
 
+    if getattr(args, "distributed", False):
+        from refinery_jax.mesh import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     try:
         args.backend = resolve_backend(args.backend)
     except ValueError as error:

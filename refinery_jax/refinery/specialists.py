@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import pathlib
-from typing import Callable, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from refinery_jax.checkpoints import latest_step, restore_checkpoint, save_checkpoint
-from refinery_jax.mesh import check_fits, place, train_state_shardings, use_mesh
+from refinery_jax.mesh import check_fits, in_mesh, place, to_host, train_state_shardings
 from refinery_jax.ppo.config import PPOHyperparams, default_hyperparams
 from refinery_jax.ppo.presets import Preset
 from refinery_jax.ppo.train import Trainer, TrainState, make_chunk, make_trainer
@@ -79,6 +79,35 @@ def run_identity(spec: Preset, task: str, preset: str, seeds, extra=()) -> dict:
             "observation": {"policy": POLICY_OBS_SIZE, "critic": CRITIC_OBS_SIZE}}
 
 
+def updates_done(state: TrainState) -> int:
+    """Updates seed 0 has done (the host reads it from any process of a sharded run)."""
+    return int(to_host(state.update)[0])
+
+
+class TrainingPrograms(NamedTuple):
+    init: Callable        # (*init_args) -> TrainState [S]
+    chunk: Callable       # TrainState [S] -> (TrainState [S], UpdateMetrics [S, chunk_updates])
+    init_args: tuple
+    shardings: Any        # the state's NamedShardings (None on one device)
+
+
+def training_programs(trainer: Trainer, keys: jax.Array, hparams: PPOHyperparams, chunk_updates: int,
+                      mesh=None, base_params=None) -> TrainingPrograms:
+    """The jitted programs of S seeds' training. With a mesh, the state's environments split
+    over it (`mesh.train_state_shardings`), the programs run in it (the C backend's host calls
+    split per device only there), and a mesh that does not divide the environments and seeds
+    is refused (ValueError) before any compile."""
+    init_args = (keys, hparams) if base_params is None else (keys, hparams, base_params)
+    init = jax.vmap(trainer.init, in_axes=(0, None) if base_params is None else (0, None, 0))
+    chunk = jax.vmap(make_chunk(trainer, chunk_updates))
+    if mesh is None:
+        return TrainingPrograms(jax.jit(init), jax.jit(chunk), init_args, None)
+    check_fits(mesh, trainer.config.num_envs, keys.shape[0])
+    shardings = train_state_shardings(mesh, jax.eval_shape(init, *init_args))
+    init, chunk = jax.jit(init, out_shardings=shardings), jax.jit(chunk, out_shardings=(shardings, None))
+    return TrainingPrograms(in_mesh(init, mesh), in_mesh(chunk, mesh), init_args, shardings)
+
+
 def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array, chunk_updates: int,
                       checkpoint_dir: Optional[pathlib.Path] = None, meta: Optional[dict] = None,
                       resume: bool = False, progress: Callable = print,
@@ -101,14 +130,8 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
     config = trainer.config
     if config.num_updates % chunk_updates:
         raise ValueError(f"num_updates {config.num_updates} is not a multiple of chunk_updates {chunk_updates}")
-    init_args = (keys, hparams) if base_params is None else (keys, hparams, base_params)
-    init = jax.vmap(trainer.init, in_axes=(0, None) if base_params is None else (0, None, 0))
-    shardings = None
-    if mesh is not None:
-        check_fits(mesh, config.num_envs, keys.shape[0])
-        shardings = train_state_shardings(mesh, jax.eval_shape(init, *init_args))
-    with use_mesh(mesh):
-        state = jax.jit(init, out_shardings=shardings)(*init_args)
+    programs = training_programs(trainer, keys, hparams, chunk_updates, mesh, base_params)
+    state = programs.init(*programs.init_args)
     if warm_start is not None:
         shapes = lambda t: jax.tree.map(jnp.shape, (t.params, t.obs_stats, t.critic_stats))  # noqa: E731
         if shapes(warm_start) != shapes(state):
@@ -117,20 +140,18 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
                               critic_stats=warm_start.critic_stats)
     if resume and checkpoint_dir is not None and latest_step(checkpoint_dir) is not None:
         state, _ = restore_checkpoint(checkpoint_dir, state, expected_meta=meta)
-        state = state if mesh is None else place(state, shardings)  # onto this run's devices, however many
-        progress(f"resumed the specialists at update {int(state.update[0])}")
-    chunk = jax.jit(jax.vmap(make_chunk(trainer, chunk_updates)),
-                    **({} if mesh is None else dict(out_shardings=(shardings, None))))
+        if mesh is not None:  # onto this run's devices, however many the checkpoint was written from
+            state = place(state, programs.shardings)
+        progress(f"resumed the specialists at update {updates_done(state)}")
     import time  # noqa: PLC0415
 
     started = time.time()
     progress(f"training {keys.shape[0]} specialist(s): {config.num_envs} envs x {config.num_steps} steps x "
              f"{config.num_updates} updates = {config.total_env_steps:,} env steps each")
-    with progress_bar(config.num_updates, "specialists", "update", initial=int(state.update[0])) as bar:
-        while int(state.update[0]) < config.num_updates:
-            with use_mesh(mesh):
-                state, metrics = chunk(state)
-            m = jax.device_get(metrics)
+    with progress_bar(config.num_updates, "specialists", "update", initial=updates_done(state)) as bar:
+        while updates_done(state) < config.num_updates:
+            state, metrics = programs.chunk(state)
+            m = to_host(metrics)
             rates = m.successes.sum(axis=1) / np.maximum(m.episodes.sum(axis=1), 1)
             if logger is not None:  # (the chunk's wall time, compile included, goes with its last update)
                 for i in range(chunk_updates):
@@ -141,10 +162,10 @@ def train_specialists(trainer: Trainer, hparams: PPOHyperparams, keys: jax.Array
                     logger.log(int(m.env_steps[0, i]), scalars)
             bar.update(chunk_updates)
             bar.set_postfix(success=np.round(rates, 2).tolist())
-            progress(f"specialists update {int(state.update[0])}/{config.num_updates}: training success per seed "
+            progress(f"specialists update {updates_done(state)}/{config.num_updates}: training success per seed "
                      f"{np.round(rates, 3).tolist()}")
             if checkpoint_dir is not None:
-                save_checkpoint(checkpoint_dir, int(state.update[0]), state, meta or {})
+                save_checkpoint(checkpoint_dir, updates_done(state), state, meta or {})
     return state
 
 

@@ -23,6 +23,8 @@ from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax.experimental.buffer_callback import buffer_callback
 from jax.sharding import PartitionSpec as P
 
 
@@ -41,21 +43,37 @@ def lead_spec(lead: Sequence[int], axis_names: Sequence[str], axis_sizes: Sequen
     return P(*[g if len(g) > 1 else g[0] for g in groups])
 
 
+def _shapes(result_shapes, batch: tuple):
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct(batch + s.shape, s.dtype), result_shapes)
+
+
+def _call_in_place(callback: Callable, shapes, args):
+    """The callback on this device's own buffers. `jax.pure_callback` first copies its inputs to
+    device 0, and that copy waits behind whatever device 0 runs: a collective that waits for this
+    device deadlocks (seen on 4 host devices in PPO's update); a buffer callback copies nothing."""
+
+    def run(context, out, *inputs):
+        results = callback(*[np.asarray(x) for x in inputs])
+        for buffer, value in zip(jax.tree.leaves(out), jax.tree.leaves(results)):
+            np.asarray(buffer)[...] = value
+
+    return buffer_callback(run, shapes)(*args)
+
+
 def _call_on_shards(callback: Callable, result_shapes, lead: int, args):
     """The callback on arrays with `lead` leading batch dimensions, once per device shard."""
-
-    def call(*local):
-        batch = local[0].shape[:lead]
-        shapes = jax.tree.map(lambda s: jax.ShapeDtypeStruct(batch + s.shape, s.dtype), result_shapes)
-        return jax.pure_callback(callback, shapes, *local, vmap_method="broadcast_all")
-
     mesh = jax.sharding.get_abstract_mesh()
     spec = None
     if lead and not mesh.empty and mesh.size > 1:
         spec = lead_spec(args[0].shape[:lead], mesh.axis_names, mesh.axis_sizes)
-    if spec is None:
-        return call(*args)
-    return jax.shard_map(call, in_specs=spec, out_specs=spec, check_vma=False)(*args)
+    if spec is None:  # one call (on one device under a mesh: XLA places it)
+        shapes = _shapes(result_shapes, args[0].shape[:lead])
+        return jax.pure_callback(callback, shapes, *args, vmap_method="broadcast_all")
+
+    def per_device(*local):
+        return _call_in_place(callback, _shapes(result_shapes, local[0].shape[:lead]), local)
+
+    return jax.shard_map(per_device, in_specs=spec, out_specs=spec, check_vma=False)(*args)
 
 
 def _level(callback: Callable, result_shapes, lead: int):
