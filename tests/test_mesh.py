@@ -133,3 +133,39 @@ def test_a_sharded_run_resumes_on_other_device_counts(tmp_path):
     for name, devices in (("two", 2), ("one", 1)):
         assert out[f"resumed_on_{name}_devices"] == devices
         assert out[f"resumed_on_{name}_params_difference"] < 1e-5, out
+
+
+@pytest.mark.slow
+def test_two_processes_train_as_one_device(tmp_path):
+    """The multi-host path on one machine: 2 processes x 2 host devices joined by
+    `initialize_distributed` (gloo), one mesh over the 4 devices, checkpointed from both."""
+    import socket
+
+    from refinery_jax.ppo import default_hyperparams, make_trainer
+    from refinery_jax.refinery.specialists import train_specialists
+    from mesh_equivalence import CHUNK, CONFIG, SEEDS
+    from test_ppo import SMOKE_HP
+
+    with socket.socket() as probe:  # a free port for the coordinator
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    env = dict(os.environ)
+    env["XLA_FLAGS"] = env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=2"
+    script = pathlib.Path(__file__).with_name("mesh_multiprocess.py")
+    procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(tmp_path)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    for p, (stdout, stderr) in zip(procs, outs):
+        assert p.returncode == 0, stderr[-3000:]
+    results = [json.loads([x for x in o.splitlines() if x.startswith("RESULT ")][-1][7:]) for o, _ in outs]
+    assert all(r["process_count"] == 2 and r["devices"] == 4 and r["local_devices"] == 2 for r in results)
+    assert all(r["obs_shards_here"] == 2 for r in results)  # each process holds its own devices' environments
+    a, b = (np.load(tmp_path / f"params_{i}.npy") for i in range(2))
+    np.testing.assert_array_equal(a, b)  # both processes gathered the same parameters
+
+    trainer = make_trainer(CONFIG)
+    one = train_specialists(trainer, default_hyperparams(CONFIG, **SMOKE_HP), jax.vmap(jax.random.key)(jnp.arange(SEEDS)),
+                            CHUNK, progress=lambda *args: None)
+    reference = np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(one.params))])
+    assert np.max(np.abs(a - reference)) < 1e-4  # measured 7e-6
+    assert sorted(int(p.name) for p in (tmp_path / "run").iterdir() if p.name.isdigit()) == [2, 4]
