@@ -115,6 +115,17 @@ def in_mesh(fn, mesh: Optional[Mesh], split: tuple = ()):
     return run
 
 
+def split_envs(tree: Any, dim: int) -> Any:
+    """Inside a program traced in a mesh: lay dimension `dim` (environments) of every leaf over
+    the envs axis (a no-op without one). PPO's minibatches are gathered from environments on
+    every device; this keeps the minibatch's loss and gradient split across the devices
+    (each its share, then an all-reduce) instead of computed whole on each of them."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or ENVS not in mesh.axis_names or mesh.shape[ENVS] == 1:
+        return tree
+    return jax.lax.with_sharding_constraint(tree, P(*([None] * dim), ENVS))
+
+
 def _is_key(x) -> bool:
     return hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key)
 

@@ -33,6 +33,7 @@ from flax import struct
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvState, combine_reward
 from refinery_jax.envs.samplers import Sampler, env_uniform, step_with_reset
 from refinery_jax.imitation.reward import fresh_window, imitation_reward, push_window
+from refinery_jax.mesh import split_envs
 from refinery_jax.ppo import losses
 from refinery_jax.ppo.base import BasePolicy
 from refinery_jax.ppo.config import IMITATION_TERM, CurriculumConfig, PPOConfig, PPOHyperparams, default_hyperparams
@@ -298,8 +299,9 @@ def make_trainer(config: PPOConfig, env: Optional[AssemblyEnv] = None, sampler: 
         def minibatch_step(carry, envs):
             params, opt_state = carry
             pick = lambda x: x[:, envs]  # noqa: E731  ([T, B, ...] -> [T, b, ...])
-            mb, adv, ret, fst = jax.tree.map(pick, (batch, advantages, returns, first))
-            mem = jax.tree.map(lambda x: x[envs], state.policy_carry)
+            # (on a device mesh, each device computes its share of the minibatch: refinery_jax.mesh)
+            mb, adv, ret, fst = split_envs(jax.tree.map(pick, (batch, advantages, returns, first)), dim=1)
+            mem = split_envs(jax.tree.map(lambda x: x[envs], state.policy_carry), dim=0)
             grads, stats = jax.grad(loss_fn, has_aux=True)(params, state.obs_stats, state.critic_stats, hp, mb, mem,
                                                            fst, adv, ret)
             updates, opt_state = optimizer.update(grads, opt_state, params)

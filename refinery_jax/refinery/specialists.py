@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from refinery_jax.checkpoints import latest_step, restore_checkpoint, save_checkpoint
-from refinery_jax.mesh import check_fits, in_mesh, place, to_host, train_state_shardings
+from refinery_jax.mesh import SEEDS, check_fits, in_mesh, place, to_host, train_state_shardings
 from refinery_jax.ppo.config import PPOHyperparams, default_hyperparams
 from refinery_jax.ppo.presets import Preset
 from refinery_jax.ppo.train import Trainer, TrainState, make_chunk, make_trainer
@@ -98,8 +98,11 @@ def training_programs(trainer: Trainer, keys: jax.Array, hparams: PPOHyperparams
     split per device only there), and a mesh that does not divide the environments and seeds
     is refused (ValueError) before any compile."""
     init_args = (keys, hparams) if base_params is None else (keys, hparams, base_params)
-    init = jax.vmap(trainer.init, in_axes=(0, None) if base_params is None else (0, None, 0))
-    chunk = jax.vmap(make_chunk(trainer, chunk_updates))
+    # on a mesh the seeds dimension is the seeds axis (sharding constraints inside say only "envs")
+    seeds_axis = None if mesh is None else SEEDS
+    init = jax.vmap(trainer.init, in_axes=(0, None) if base_params is None else (0, None, 0),
+                    spmd_axis_name=seeds_axis)
+    chunk = jax.vmap(make_chunk(trainer, chunk_updates), spmd_axis_name=seeds_axis)
     if mesh is None:
         return TrainingPrograms(jax.jit(init), jax.jit(chunk), init_args, None)
     check_fits(mesh, trainer.config.num_envs, keys.shape[0])
