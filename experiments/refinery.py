@@ -43,7 +43,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--resume", action="store_true", help="continue the unfinished run in --out")
     group.add_argument("--overwrite", action="store_true", help="move an existing --out aside and start over")
-    add_device_arguments(parser)
+    add_device_arguments(parser, distributed=False)  # (one process: its evaluation tables are gathered on the host)
     args = parser.parse_args(argv)
     import numpy as np
 

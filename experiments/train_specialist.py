@@ -102,13 +102,26 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", "specialists"))
-    t_start = time.time()
-    out = args.out
-    out.mkdir(parents=True, exist_ok=True)
-
     import jax
     import numpy as np
+
+    # a multi-process run (--distributed): every process runs this with the same arguments; process 0
+    # prepares --out and writes the run's record there, the others their logs into out/process_<i>;
+    # the checkpoints in out/specialists are written by all of them together
+    primary = jax.process_index() == 0
+    resume = args.resume
+    if primary:
+        resume = prepare_run_dir(args.out, args.resume, args.overwrite, unfinished_markers=("config.json", "specialists"))
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("run directory prepared")
+    t_start = time.time()
+    from refinery_jax.refinery.specialists import SPECIALISTS_DIR
+
+    checkpoints = args.out / SPECIALISTS_DIR
+    out = args.out if primary else args.out / f"process_{jax.process_index()}"
+    out.mkdir(parents=True, exist_ok=True)
 
     from refinery_jax.compile_cache import enable_compile_cache
 
@@ -117,7 +130,6 @@ def main(argv=None) -> None:
     from refinery_jax.evaluation import make_evaluate, save_success_map, success_map, summarize
     from refinery_jax.logging_utils import RunLog, ScalarLogger
     from refinery_jax.refinery.specialists import (
-        SPECIALISTS_DIR,
         build_trainer,
         run_identity,
         seed_keys,
@@ -142,7 +154,7 @@ def main(argv=None) -> None:
     with ScalarLogger(out) as logger:
         trainer, hparams = build_trainer(spec, progress)
         t_train = time.time()
-        state = train_specialists(trainer, hparams, k_train, spec.chunk_updates, out / SPECIALISTS_DIR, run_id,
+        state = train_specialists(trainer, hparams, k_train, spec.chunk_updates, checkpoints, run_id,
                                   resume, progress, logger=logger, mesh=args.mesh)
         train_wall = time.time() - t_train
 

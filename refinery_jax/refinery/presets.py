@@ -70,8 +70,8 @@ def add_backend_argument(parser) -> None:
                         help="physics: C MuJoCo (c, the default on CPU) or MJX (mjx, the default on GPU/TPU)")
 
 
-def add_device_arguments(parser) -> None:
-    """`--devices`, `--seed-axis` and the multi-process options (scripts that split work over a mesh)."""
+def add_device_arguments(parser, distributed: bool = True) -> None:
+    """`--devices`, `--seed-axis` and (with `distributed`) the multi-process options."""
     group = parser.add_argument_group("devices (README: Scale-out)")
     group.add_argument("--devices", default="all",
                        help="devices to split seeds and environments over: a number or 'all' (default: all of "
@@ -79,6 +79,8 @@ def add_device_arguments(parser) -> None:
     group.add_argument("--seed-axis", type=int, default=1,
                        help="devices along the mesh's seeds axis (default 1: every device splits each seed's "
                             "environments); must divide --devices and the number of seeds")
+    if not distributed:
+        return
     group.add_argument("--distributed", action="store_true",
                        help="join a multi-process run first (jax.distributed.initialize: TPU pods, SLURM and "
                             "Open MPI are detected; elsewhere give --coordinator, --num-processes, --process-id)")
