@@ -1,12 +1,14 @@
 """A per-environment host callback that steps each device's own environments.
 
-The C backend's physics is a `jax.pure_callback`, written for one environment and
-batched by vmap (`vmap_method="broadcast_all"`: every vmap level becomes a leading
-dimension of one call). Under a device mesh, XLA cannot split a callback: it gathers
-every environment to device 0 and calls the host once there (for a multi-host run, on
-one host). `host_call` keeps the per-environment signature but, once all vmaps are
-applied, runs the callback inside `jax.shard_map` over the context mesh (`jax.set_mesh`):
-each device calls the host with its own shard of the leading (environment) dimensions.
+The C backend's physics is a host callback written for one environment and batched by
+vmap (every vmap level becomes a leading dimension of one call, as `jax.pure_callback`'s
+`vmap_method="broadcast_all"` does). Under a device mesh, XLA cannot split a callback: it
+gathers every environment to device 0 and calls the host once there (for a multi-host
+run, on one host). `host_call` keeps the per-environment signature but, once all vmaps
+are applied, runs the callback inside `jax.shard_map` over the context mesh
+(`jax.set_mesh`): each device calls the host with its own shard of the leading
+(environment) dimensions, in place on its buffers (`_call_in_place`). Without a mesh it
+is one `jax.pure_callback`, as before.
 
 How: a `custom_vmap` whose batching rule re-enters with one more leading dimension, so
 the outermost trace knows how many leading dimensions are batch dimensions. Mesh axes
