@@ -445,6 +445,13 @@ class AssemblyEnv:
         kp_dist = jnp.mean(jnp.linalg.norm(kp_plug - kp_goal, axis=-1))
         return offset[2], jnp.linalg.norm(offset[:2]), kp_dist
 
+    def shift_observed_goal(self, state: EnvState, pos_offset: jax.Array, yaw_offset: jax.Array) -> EnvState:
+        """The same state with the goal the policy sees moved by `pos_offset` [3] (world, m) and
+        turned by `yaw_offset` [] (rad) for the rest of the episode (a perception error)."""
+        info = state.info.replace(obs_goal_pos=state.info.obs_goal_pos + pos_offset,
+                                  obs_goal_quat=canonical(quat_mul(yaw_quat(yaw_offset), state.info.obs_goal_quat)))
+        return self._observe(state.physics, info, state.terminated)
+
     def advance_clock(self, state: EnvState, steps: jax.Array) -> EnvState:
         """The same state, `steps` control steps later in its episode (the physics is unchanged).
 

@@ -1,0 +1,123 @@
+"""A stand-in for "real": the task with differences the simulation-trained base never saw.
+
+SPARR (issue 20) adapts a frozen simulation policy on a real robot. Without one, the
+"real" setting is this environment: the same task and observation layout as the base's
+simulation, with a documented, bounded set of differences (`GapConfig`, ranges in
+`GAP_RANGES`, checked before anything is built):
+
+- perception: the goal the policy sees is off by a fixed bias per episode (a random
+  horizontal direction at `goal_bias` metres, a yaw of ±`goal_yaw_bias`), on top of the
+  simulation's own observation noise;
+- contact: another friction coefficient, and/or a tighter-clearance variant of the task
+  (`task`: a registered task with the same observation layout, e.g. square_peg_tight);
+- actuation: actions scaled by `action_gain` (clipped to [-1, 1]) and applied
+  `delay_steps` control steps late (the robot holds still until the first arrives).
+
+`GapEnv(sim, gap)` has `AssemblyEnv`'s interface (reset, step, the spaces), so the episode
+loop and `evaluate` run on it unchanged; its state (`GapState`) carries the episode's biases
+and the actions still in flight. Not yet here: a force/torque observation and its noise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from refinery_jax.assets.registry import get_assembly
+from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, EnvState
+
+GAP_KEY = 0x6A9  # the perception biases' keys, folded out of the episode key
+
+# name -> (low, high, what): the documented range of each difference
+GAP_RANGES = {
+    "goal_bias": (0.0, 0.005, "m, goal position bias per episode"),
+    "goal_yaw_bias": (0.0, math.radians(10.0), "rad, goal yaw bias per episode (±)"),
+    "friction": (0.1, 1.5, "contact friction (the simulation's: PhysicsConfig.friction, 0.5)"),
+    "action_gain": (0.5, 1.5, "scale of the commanded action"),
+    "delay_steps": (0, 3, "control steps between command and execution"),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class GapConfig:
+    """The differences of the "real" setting (defaults: none; see GAP_RANGES)."""
+
+    goal_bias: float = 0.0
+    goal_yaw_bias: float = 0.0
+    friction: Optional[float] = None      # None: the simulation's
+    task: Optional[str] = None            # None: the simulation's task
+    action_gain: float = 1.0
+    delay_steps: int = 0
+
+    def __post_init__(self):
+        for name, (low, high, what) in GAP_RANGES.items():
+            value = getattr(self, name)
+            if value is not None and not low <= value <= high:
+                raise ValueError(f"gap {name} = {value} is outside its documented range [{low}, {high}] ({what})")
+        if self.delay_steps != int(self.delay_steps):
+            raise ValueError(f"gap delay_steps must be a whole number of control steps, got {self.delay_steps}")
+        if self.task is not None:
+            get_assembly(self.task)  # ValueError naming the registered tasks
+
+    def real_config(self, sim: EnvConfig) -> EnvConfig:
+        """The environment configuration of the "real" side (contact and geometry differences)."""
+        physics = sim.physics if self.friction is None else dataclasses.replace(sim.physics, friction=self.friction)
+        return dataclasses.replace(sim, task=self.task or sim.task, physics=physics)
+
+
+@struct.dataclass
+class GapState:
+    env: EnvState
+    pending: jax.Array      # [delay, A] actions commanded but not yet executed, oldest first
+
+    # the EnvState fields the episode loop and the learners read
+    obs = property(lambda self: self.env.obs)
+    critic_obs = property(lambda self: self.env.critic_obs)
+    reward = property(lambda self: self.env.reward)
+    terms = property(lambda self: self.env.terms)
+    success = property(lambda self: self.env.success)
+    terminated = property(lambda self: self.env.terminated)
+    truncated = property(lambda self: self.env.truncated)
+    done = property(lambda self: self.env.done)
+    physics = property(lambda self: self.env.physics)
+    info = property(lambda self: self.env.info)
+
+
+class GapEnv:
+    """`AssemblyEnv(gap.real_config(sim))` with the perception and actuation differences."""
+
+    def __init__(self, sim: EnvConfig, gap: GapConfig):
+        real = gap.real_config(sim)
+        self.gap, self.sim_config = gap, sim
+        self.env = AssemblyEnv(real)
+        reference = AssemblyEnv.observation_size, AssemblyEnv.action_size
+        if (self.env.observation_size, self.env.action_size) != reference:  # (all tasks share the layout today)
+            raise ValueError(f"gap task {real.task} has another observation or action layout than {sim.task}")
+
+    def __getattr__(self, name):  # spaces, θ box, config, backend: the real environment's
+        return getattr(self.env, name)
+
+    def reset(self, key: jax.Array, init: jax.Array, start=None) -> GapState:
+        state = self.env.reset(key, init, start)  # (the same episode as the simulation's, for the same key)
+        k_dir, k_yaw = jax.random.split(jax.random.fold_in(key, GAP_KEY))
+        g = self.gap
+        if g.goal_bias or g.goal_yaw_bias:
+            angle = jax.random.uniform(k_dir, (), maxval=2.0 * jnp.pi)
+            offset = g.goal_bias * jnp.array([jnp.cos(angle), jnp.sin(angle), 0.0])
+            yaw = g.goal_yaw_bias * jnp.sign(jax.random.uniform(k_yaw, (), minval=-1.0, maxval=1.0))
+            state = self.env.shift_observed_goal(state, offset, yaw)
+        return GapState(env=state, pending=jnp.zeros((g.delay_steps, self.env.action_size)))
+
+    def step(self, state: GapState, action: jax.Array) -> GapState:
+        commanded = jnp.clip(self.gap.action_gain * action, -1.0, 1.0)
+        if self.gap.delay_steps:
+            executed = state.pending[0]
+            pending = jnp.concatenate([state.pending[1:], commanded[None]])
+        else:
+            executed, pending = commanded, state.pending
+        return GapState(env=self.env.step(state.env, executed), pending=pending)

@@ -1,0 +1,95 @@
+"""The "real" setting for SPARR (`envs.gap`): each difference against the plain simulation,
+step by step on the same episodes (C backend, bit-identical where nothing differs)."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, observation_slice
+from refinery_jax.envs.gap import GapConfig, GapEnv
+
+SIM = EnvConfig(task="square_peg_loose", episode_seconds=1.0)
+ACTIONS = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(5, 6)), jnp.float32)
+INIT = jnp.array([0.003, -0.002, 0.03])
+
+
+def _rollout(env, actions):
+    """States after reset and after each action (jitted once per environment)."""
+
+    @jax.jit
+    def run(key):
+        state = env.reset(key, INIT)
+        return state, jax.lax.scan(lambda s, a: (env.step(s, a),) * 2, state, actions)[1]
+
+    return run(jax.random.key(3))
+
+
+@pytest.fixture(scope="module")
+def sim_run():
+    env = AssemblyEnv(SIM)
+    delayed = jnp.concatenate([jnp.zeros((2, 6)), ACTIONS[:-2]])  # what a 2-step delay executes
+    return env, _rollout(env, ACTIONS), _rollout(env, delayed), _rollout(env, jnp.clip(1.4 * ACTIONS, -1, 1))
+
+
+def test_gap_ranges_are_checked_before_anything_is_built():
+    with pytest.raises(ValueError, match="goal_bias = 0.01 is outside"):
+        GapConfig(goal_bias=0.01)
+    with pytest.raises(ValueError, match="delay_steps = 5"):
+        GapConfig(delay_steps=5)
+    with pytest.raises(ValueError, match="whole number"):
+        GapConfig(delay_steps=1.5)
+    with pytest.raises(ValueError, match="friction"):
+        GapConfig(friction=3.0)
+    with pytest.raises(ValueError, match="unknown task"):
+        GapConfig(task="no_such_task")
+    real = GapConfig(friction=1.0, task="square_peg").real_config(SIM)
+    assert real.physics.friction == 1.0 and real.task == "square_peg" and real.episode_seconds == SIM.episode_seconds
+
+
+def test_no_gap_is_the_simulation(sim_run):
+    _, (first, states), _, _ = sim_run
+    gap_first, gap_states = _rollout(GapEnv(SIM, GapConfig()), ACTIONS)
+    np.testing.assert_array_equal(gap_first.obs, first.obs)
+    np.testing.assert_array_equal(gap_states.obs, states.obs)
+    np.testing.assert_array_equal(gap_states.success, states.success)
+
+
+def test_goal_bias_moves_only_what_the_policy_sees(sim_run):
+    _, (first, states), _, _ = sim_run
+    gap = GapConfig(goal_bias=0.002, goal_yaw_bias=math.radians(3.0))
+    gap_first, gap_states = _rollout(GapEnv(SIM, gap), ACTIONS)
+    goal = observation_slice("goal_pos")
+    shift = gap_first.obs[goal] - first.obs[goal]
+    assert float(jnp.linalg.norm(shift)) == pytest.approx(0.002, abs=1e-6) and abs(float(shift[2])) < 1e-7
+    # the same shift at every step (fixed per episode), and the goal-minus-fingertip part moves with it
+    np.testing.assert_allclose(gap_states.obs[:, goal] - states.obs[:, goal], np.broadcast_to(shift, (5, 3)), atol=1e-6)
+    relative = observation_slice("goal_minus_fingertip")
+    np.testing.assert_allclose(gap_first.obs[relative] - first.obs[relative], shift, atol=1e-6)
+    # the goal's yaw is turned by 3 degrees: quaternions (w, x, y, z) about z
+    q_sim, q_gap = first.obs[observation_slice("goal_quat")], gap_first.obs[observation_slice("goal_quat")]
+    turn = 2.0 * (math.atan2(q_gap[3], q_gap[0]) - math.atan2(q_sim[3], q_sim[0]))
+    assert abs(abs(turn) - math.radians(3.0)) < 1e-4
+    # the true goal (the critic's tip-minus-true-goal and success) is the simulation's: the same first state
+    np.testing.assert_array_equal(gap_first.critic_obs[-7:], first.critic_obs[-7:])
+
+
+def test_delay_executes_the_commands_late(sim_run):
+    _, _, (_, delayed), _ = sim_run
+    _, gap_states = _rollout(GapEnv(SIM, GapConfig(delay_steps=2)), ACTIONS)
+    np.testing.assert_array_equal(gap_states.physics.qpos, delayed.physics.qpos)
+
+
+def test_action_gain_scales_and_clips(sim_run):
+    _, _, _, (_, scaled) = sim_run
+    _, gap_states = _rollout(GapEnv(SIM, GapConfig(action_gain=1.4)), ACTIONS)
+    np.testing.assert_array_equal(gap_states.physics.qpos, scaled.physics.qpos)
+
+
+def test_friction_reaches_the_model():
+    env = GapEnv(SIM, GapConfig(friction=1.2))
+    model = env.env.physics.spec.mj_model
+    assert np.allclose(model.geom_friction[:, 0], 1.2) and (model.npair == 0 or np.allclose(model.pair_friction[:, 0], 1.2))
+    assert env.observation_size == AssemblyEnv(SIM).observation_size
