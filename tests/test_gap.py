@@ -93,3 +93,31 @@ def test_friction_reaches_the_model():
     model = env.env.physics.spec.mj_model
     assert np.allclose(model.geom_friction[:, 0], 1.2) and (model.npair == 0 or np.allclose(model.pair_friction[:, 0], 1.2))
     assert env.observation_size == AssemblyEnv(SIM).observation_size
+
+
+GAP_SCRIPT = __import__("pathlib").Path(__file__).resolve().parents[1] / "experiments" / "gap_zero_shot.py"
+
+
+def test_gap_script_refuses_bad_input_before_compiling(specialist_run, load_script_main, tmp_path):
+    run, _, _ = specialist_run
+    main = load_script_main(GAP_SCRIPT)
+    with pytest.raises(SystemExit):  # a clearance task that does not exist
+        main(["--run", str(run), "--tight-task", "no_such_task", "--out", str(tmp_path / "a")])
+    (tmp_path / "b").mkdir()
+    with pytest.raises(SystemExit):  # never overwritten
+        main(["--run", str(run), "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit):  # not a run
+        main(["--run", str(tmp_path), "--out", str(tmp_path / "c")])
+    assert not (tmp_path / "a").exists() and not (tmp_path / "c").exists()
+
+
+@pytest.mark.slow
+def test_gap_script_measures_every_setting_paired(specialist_run, load_script_main, tmp_path):
+    import json
+
+    run, _, _ = specialist_run
+    load_script_main(GAP_SCRIPT)(["--run", str(run), "--trials", "8", "--out", str(tmp_path / "gap")])
+    rows = json.loads((tmp_path / "gap" / "results.json").read_text())["rows"]
+    assert list(rows) == ["sim", "perception", "friction", "clearance", "gain", "delay1", "delay2", "all"]
+    assert rows["sim"]["vs_sim"]["difference"] == 0.0
+    assert all(0.0 <= r["success"] <= 1.0 and r["ci95"][0] <= r["success"] <= r["ci95"][1] for r in rows.values())
