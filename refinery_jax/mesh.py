@@ -96,10 +96,11 @@ def use_mesh(mesh: Optional[Mesh]):
     return contextlib.nullcontext() if mesh is None else jax.set_mesh(mesh)
 
 
-def in_mesh(fn, mesh: Optional[Mesh], split: tuple = ()):
+def in_mesh(fn, mesh: Optional[Mesh], split: tuple = (), gather=None):
     """`fn` traced and run inside the mesh (the C backend splits its host calls per device only
     there); the positional arguments in `split`, per-seed batches [S, N, ...], placed over
-    (seeds, envs) when the mesh divides them (otherwise XLA places them). `fn` itself without a mesh."""
+    (seeds, envs) when the mesh divides them (otherwise XLA places them); `gather(out)` applied
+    to the result (e.g. `to_host`, for work that continues on one device). `fn` without a mesh."""
     if mesh is None:
         return fn
 
@@ -110,7 +111,8 @@ def in_mesh(fn, mesh: Optional[Mesh], split: tuple = ()):
             if seeds % mesh.shape[SEEDS] == 0 and n % mesh.shape[ENVS] == 0:
                 args[i] = jax.device_put(args[i], batch_sharding(mesh, seeds_batched=True))
         with use_mesh(mesh):
-            return fn(*args)
+            out = fn(*args)
+        return out if gather is None else gather(out)
 
     return run
 

@@ -28,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from refinery_jax.envs.samplers import uniform_box
-from refinery_jax.mesh import in_mesh
+from refinery_jax.mesh import in_mesh, to_host
 from refinery_jax.ppo.train import Trainer, TrainState
 from refinery_jax.refinery.deployment import SUCCESS_GMM, concentration, deployment_sampler, fit_success_model
 from refinery_jax.refinery.finetune import FineTune, FineTuneConfig, FineTuneState, make_finetune, share_programs
@@ -101,7 +101,7 @@ def make_comparison(config: ComparisonConfig, trainer: Trainer, evaluate: Callab
         config=config,
         finetune_bo=bo,
         finetune_uniform=control,
-        evaluate=in_mesh(jax.jit(jax.vmap(evaluate)), mesh, split=(1,)),
+        evaluate=in_mesh(jax.jit(jax.vmap(evaluate)), mesh, split=(1,), gather=to_host),
         uniform_inits=lambda key, n: draw(uniform, key, n),
         deployment_inits=lambda key, model, n: draw(deployment_sampler(model, config.deployment), key, n),
         fit_model=lambda key, inits, success: fit_success_model(key, inits, success, low, high, config.gmm),

@@ -15,7 +15,7 @@ import jax
 
 from refinery_jax.checkpoints import stage_cache
 from refinery_jax.evaluation import make_evaluate
-from refinery_jax.mesh import use_mesh
+from refinery_jax.mesh import to_host
 from refinery_jax.ppo.presets import Preset
 from refinery_jax.ppo.train import Trainer, TrainState
 from refinery_jax.refinery.comparison import (
@@ -45,7 +45,7 @@ def refine_task(spec: Preset, comparison_config: ComparisonConfig, train_keys: j
 
     run_id: stored with every checkpoint; a resumed run must match it. mesh: a device mesh
     (`refinery_jax.mesh`) the specialists' environments and the evaluation trials split over;
-    the fine-tuning rounds run in it, placed by XLA from their sharded inputs.
+    the fine-tuning rounds, GP and GMM run on one device.
     """
     config = spec.config
     trainer, hparams = build_trainer(spec, progress)
@@ -57,8 +57,9 @@ def refine_task(spec: Preset, comparison_config: ComparisonConfig, train_keys: j
     evaluate = make_evaluate(trainer.env, trainer.model, obs_clip=config.obs_clip)
     comparison = make_comparison(comparison_config, trainer, evaluate, mesh)
     cache = stage_cache(out / "stages", run_id, resume, progress)
-    with use_mesh(mesh):
-        result = run_comparison(comparison, trainer, compare_keys, baseline, progress=progress, cache=cache,
-                                logger=logger)
+    # the rest runs on one device: its GP and GMM fits call LAPACK, whose batched kernels on two host
+    # devices at once deadlocked XLA:CPU's thread pool (2 threads); only the evaluations split
+    baseline = baseline if mesh is None else to_host(baseline)
+    result = run_comparison(comparison, trainer, compare_keys, baseline, progress=progress, cache=cache, logger=logger)
     table = comparison_table(result, trainer.env.init_low, trainer.env.init_high, comparison_config.cells)
     return TaskRun(trainer=trainer, evaluate=evaluate, baseline=baseline, result=result, table=table)
