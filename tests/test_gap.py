@@ -121,3 +121,22 @@ def test_gap_script_measures_every_setting_paired(specialist_run, load_script_ma
     assert list(rows) == ["sim", "perception", "friction", "clearance", "gain", "delay1", "delay2", "all"]
     assert rows["sim"]["vs_sim"]["difference"] == 0.0
     assert all(0.0 <= r["success"] <= 1.0 and r["ci95"][0] <= r["success"] <= r["ci95"][1] for r in rows.values())
+
+
+def test_force_torque_reading_is_the_contact_wrench_plus_its_noise():
+    """Noise-free, the reading is `contact_wrench` of the state; with noise, each reading adds
+    independent N(0, σ) per component (σ: force N, torque N m), fresh at every step."""
+    _, gap_states = _rollout(GapEnv(SIM, GapConfig()), ACTIONS)
+    env = AssemblyEnv(SIM)
+    exact = jax.vmap(env.contact_wrench)(gap_states.physics)
+    np.testing.assert_array_equal(gap_states.wrench, exact)
+    noisy = GapEnv(SIM, GapConfig(ft_force_noise=2.0, ft_torque_noise=0.1))
+    states = jax.jit(jax.vmap(lambda k: noisy.step(noisy.reset(k, INIT), ACTIONS[0])))(
+        jax.random.split(jax.random.key(0), 400))
+    error = np.asarray(states.wrench - jax.vmap(env.contact_wrench)(states.physics))
+    np.testing.assert_allclose(error.std(axis=0), [2.0] * 3 + [0.1] * 3, rtol=0.15)
+    assert (np.abs(error.mean(axis=0)) < 4 * np.array([2.0] * 3 + [0.1] * 3) / np.sqrt(400)).all()  # 4 standard errors
+    first = jax.vmap(lambda k: noisy.reset(k, INIT))(jax.random.split(jax.random.key(0), 400))
+    assert np.abs(np.asarray(first.wrench) - np.asarray(states.wrench)).min() > 0  # a new draw each step
+    with pytest.raises(ValueError, match="ft_force_noise"):
+        GapConfig(ft_force_noise=10.0)

@@ -41,7 +41,7 @@ from refinery_jax.assets.registry import DEFAULT_TASK, get_assembly
 from refinery_jax.assets.scene import PhysicsConfig, check_actuation, embodiment_spec, free_part_body_name, scene_xml
 from refinery_jax.envs import control
 from refinery_jax.envs.control import ControlConfig
-from refinery_jax.envs.kinematics import chain_from_model, fingertip_pose, solve_ik
+from refinery_jax.envs.kinematics import chain_from_model, fingertip_pose, fingertip_pose_and_jacobian, solve_ik
 from refinery_jax.envs.physics import Physics, PhysicsSpec, make_backend, resolve_backend
 from refinery_jax.envs.rotations import canonical, quat_mul, quat_yaw, rotate, yaw_quat
 
@@ -415,6 +415,23 @@ class AssemblyEnv:
     def fingertip_velocity(self, d: Physics):
         """(linear [3], angular [3]) world-frame velocity of the fingertip."""
         return d.tip_vel[:3], d.tip_vel[3:]
+
+    def contact_wrench(self, d: Physics) -> jax.Array:
+        """What a wrist force/torque sensor would read of the contacts: [6] force (N) then torque
+        (N m, about the fingertip origin) that the rest of the scene exerts on the fingertip body
+        and the plug it holds, in the fingertip frame.
+
+        Read from the robot's joint-space constraint forces τ = Jᵀ w (`Physics.constraint_force`;
+        only the plug's geoms collide on the robot side), solved for w in least squares,
+        w = (J Jᵀ)⁻¹ J τ, as a Franka estimates its external wrench from joint torques. No gravity
+        or inertia of the plug is in it (an ideal, tared sensor); joint-limit forces would be (the
+        floating hand has none). Checked against MuJoCo's own per-contact forces in the tests.
+        """
+        n = self._n
+        _, _, jac = fingertip_pose_and_jacobian(self.chain, d.qpos[:n])
+        world = jnp.linalg.solve(jac @ jac.T, jac @ d.constraint_force[:n])
+        inverse = d.tip_quat * jnp.array([1.0, -1.0, -1.0, -1.0])
+        return jnp.concatenate([rotate(inverse, world[:3]), rotate(inverse, world[3:])])
 
     def goal_pose(self, d: Physics, info: EpisodeInfo) -> tuple[jax.Array, jax.Array]:
         """Where the plug tip belongs now: (position [3], quaternion [4]), world frame.

@@ -11,11 +11,16 @@ simulation, with a documented, bounded set of differences (`GapConfig`, ranges i
 - contact: another friction coefficient, and/or a tighter-clearance variant of the task
   (`task`: a registered task with the same observation layout, e.g. square_peg_tight);
 - actuation: actions scaled by `action_gain` (clipped to [-1, 1]) and applied
-  `delay_steps` control steps late (the robot holds still until the first arrives).
+  `delay_steps` control steps late (the robot holds still until the first arrives);
+- sensing: the wrist force/torque reading (`GapState.wrench`: the contact wrench on the
+  held plug in the fingertip frame, `AssemblyEnv.contact_wrench`) with white noise of
+  `ft_force_noise` N and `ft_torque_noise` N m (standard deviations, per reading).
 
 `GapEnv(sim, gap)` has `AssemblyEnv`'s interface (reset, step, the spaces), so the episode
-loop and `evaluate` run on it unchanged; its state (`GapState`) carries the episode's biases
-and the actions still in flight. Not yet here: a force/torque observation and its noise.
+loop and `evaluate` run on it unchanged; its state (`GapState`) carries the episode's biases,
+the actions still in flight and the force/torque reading. `robot_observation(state)` is what
+the robot senses of itself (fingertip pose, velocity, force/torque): SPARR's residual input,
+which holds nothing of the goal or the socket.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from flax import struct
 
 from refinery_jax.assets.registry import get_assembly
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig, EnvState
+from refinery_jax.envs.rotations import canonical
 
 GAP_KEY = 0x6A9  # the perception biases' keys, folded out of the episode key
 
@@ -40,7 +46,11 @@ GAP_RANGES = {
     "friction": (0.1, 1.5, "contact friction (the simulation's: PhysicsConfig.friction, 0.5)"),
     "action_gain": (0.5, 1.5, "scale of the commanded action"),
     "delay_steps": (0, 3, "control steps between command and execution"),
+    "ft_force_noise": (0.0, 5.0, "N, standard deviation of each force reading"),
+    "ft_torque_noise": (0.0, 0.5, "N m, standard deviation of each torque reading"),
 }
+ROBOT_OBS = (("fingertip_pos", 3), ("fingertip_quat", 4), ("fingertip_vel", 6), ("wrench", 6))
+ROBOT_OBS_SIZE = sum(n for _, n in ROBOT_OBS)  # 19
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +63,8 @@ class GapConfig:
     task: Optional[str] = None            # None: the simulation's task
     action_gain: float = 1.0
     delay_steps: int = 0
+    ft_force_noise: float = 0.0
+    ft_torque_noise: float = 0.0
 
     def __post_init__(self):
         for name, (low, high, what) in GAP_RANGES.items():
@@ -74,6 +86,8 @@ class GapConfig:
 class GapState:
     env: EnvState
     pending: jax.Array      # [delay, A] actions commanded but not yet executed, oldest first
+    wrench: jax.Array       # [6] the force/torque reading: force (N), torque (N m), fingertip frame
+    noise_key: jax.Array    # the sensor noise's key for the next reading
 
     # the EnvState fields the episode loop and the learners read
     obs = property(lambda self: self.env.obs)
@@ -111,7 +125,9 @@ class GapEnv:
             offset = g.goal_bias * jnp.array([jnp.cos(angle), jnp.sin(angle), 0.0])
             yaw = g.goal_yaw_bias * jnp.sign(jax.random.uniform(k_yaw, (), minval=-1.0, maxval=1.0))
             state = self.env.shift_observed_goal(state, offset, yaw)
-        return GapState(env=state, pending=jnp.zeros((g.delay_steps, self.env.action_size)))
+        noise_key = jax.random.fold_in(key, GAP_KEY + 1)
+        return self._sense(GapState(env=state, pending=jnp.zeros((g.delay_steps, self.env.action_size)),
+                                    wrench=jnp.zeros(6), noise_key=noise_key))
 
     def step(self, state: GapState, action: jax.Array) -> GapState:
         commanded = jnp.clip(self.gap.action_gain * action, -1.0, 1.0)
@@ -120,4 +136,21 @@ class GapEnv:
             pending = jnp.concatenate([state.pending[1:], commanded[None]])
         else:
             executed, pending = commanded, state.pending
-        return GapState(env=self.env.step(state.env, executed), pending=pending)
+        return self._sense(state.replace(env=self.env.step(state.env, executed), pending=pending))
+
+    def _sense(self, state: GapState) -> GapState:
+        """The force/torque reading of this state, with its noise."""
+        g = self.gap
+        wrench = self.env.contact_wrench(state.env.physics)
+        key, k_noise = jax.random.split(state.noise_key)
+        if g.ft_force_noise or g.ft_torque_noise:
+            sigma = jnp.array([g.ft_force_noise] * 3 + [g.ft_torque_noise] * 3)
+            wrench = wrench + sigma * jax.random.normal(k_noise, (6,))
+        return state.replace(wrench=wrench, noise_key=key)
+
+    def robot_observation(self, state: GapState) -> jax.Array:
+        """[19] what the robot senses of itself (ROBOT_OBS): fingertip position and orientation
+        (world), its linear and angular velocity, and the force/torque reading. Nothing of the
+        goal or the socket: SPARR's residual reads this and the base's action only."""
+        d = state.env.physics
+        return jnp.concatenate([d.tip_pos, canonical(d.tip_quat), d.tip_vel, state.wrench])

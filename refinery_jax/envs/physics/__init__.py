@@ -42,7 +42,8 @@ class Physics:
 
     Fingertip pose and velocity are those of the start of the last physics substep
     (MuJoCo's derived fields after `mj_step`, one substep behind qpos/qvel), which is
-    what the controller reads too.
+    what the controller reads too; so is `constraint_force`, from which the environment
+    reads the contact wrench on the held plug (`AssemblyEnv.contact_wrench`).
     """
 
     qpos: jax.Array          # [nq] current joint positions (robot first, then loose parts' free joints)
@@ -50,6 +51,7 @@ class Physics:
     tip_pos: jax.Array       # [3] fingertip position (world)
     tip_quat: jax.Array      # [4] fingertip orientation
     tip_vel: jax.Array       # [6] fingertip linear then angular velocity (world)
+    constraint_force: jax.Array  # [nv] MuJoCo's qfrc_constraint: contact (and joint-limit) forces in joint space
     socket_pos: jax.Array    # [3] socket (mocap) position
     socket_quat: jax.Array   # [4] socket orientation
     sim: Any                 # the backend's own state (mjx.Data, or the C state rows)

@@ -151,7 +151,8 @@ class CBackend:
         """Place the scene at `qpos`, at rest; the fingertip pose comes from JAX's kinematics."""
         sim = CState(rows=jnp.zeros(2 * self.nstate, jnp.uint32), fresh=jnp.ones((), bool))
         return Physics(qpos=qpos, qvel=jnp.zeros(self.model.nv), tip_pos=tip_pos, tip_quat=tip_quat,
-                       tip_vel=jnp.zeros(6), socket_pos=socket_pos, socket_quat=socket_quat, sim=sim)
+                       tip_vel=jnp.zeros(6), constraint_force=jnp.zeros(self.model.nv), socket_pos=socket_pos,
+                       socket_quat=socket_quat, sim=sim)
 
     def step(self, physics: Physics, pos_target, quat_target) -> tuple[Physics, jax.Array]:
         m = self.model
@@ -159,20 +160,22 @@ class CBackend:
         shapes = (jax.ShapeDtypeStruct((2 * self.nstate,), jnp.uint32),
                   jax.ShapeDtypeStruct((m.nq,), f32), jax.ShapeDtypeStruct((m.nv,), f32),
                   jax.ShapeDtypeStruct((3,), f32), jax.ShapeDtypeStruct((4,), f32),
-                  jax.ShapeDtypeStruct((6,), f32), jax.ShapeDtypeStruct((), jnp.bool_))
+                  jax.ShapeDtypeStruct((6,), f32), jax.ShapeDtypeStruct((m.nv,), f32),
+                  jax.ShapeDtypeStruct((), jnp.bool_))
         sim = physics.sim
-        rows, qpos, qvel, tip_pos, tip_quat, tip_vel, failed = host_call(
+        rows, qpos, qvel, tip_pos, tip_quat, tip_vel, constraint_force, failed = host_call(
             self._host_step, shapes, sim.rows, sim.fresh, physics.qpos.astype(f32),
             physics.socket_pos.astype(f32), physics.socket_quat.astype(f32), pos_target.astype(f32),
             quat_target.astype(f32))
         out = physics.replace(qpos=qpos, qvel=qvel, tip_pos=tip_pos, tip_quat=tip_quat, tip_vel=tip_vel,
-                              sim=CState(rows=rows, fresh=jnp.zeros((), bool)))
+                              constraint_force=constraint_force, sim=CState(rows=rows, fresh=jnp.zeros((), bool)))
         return out, failed
 
     def at_rest(self, physics: Physics) -> Physics:
         """The float32 pose, motionless; the next step rebuilds the C state from it."""
         physics = jax.tree.map(jnp.nan_to_num, physics)
         return physics.replace(qvel=jnp.zeros_like(physics.qvel), tip_vel=jnp.zeros_like(physics.tip_vel),
+                               constraint_force=jnp.zeros_like(physics.constraint_force),
                                sim=physics.sim.replace(fresh=jnp.ones((), bool)))
 
     # ------------------------------------------------------------------ host side (every world at once)
@@ -180,6 +183,7 @@ class CBackend:
     def _batch(self, count: int) -> mj_batch.Batch:
         if count not in self._batches:
             batch = mj_batch.Batch(self.model, count, self.threads)
+            batch.bind("qfrc_constraint")  # the contact wrench's source (`Physics.constraint_force`)
             if not self.compiled:  # derived fields are copied out only once bound
                 for field in ("xpos", "xquat", "xaxis", "xanchor", "M"):
                     batch.bind(field)
@@ -264,14 +268,16 @@ class CBackend:
                     self._numpy_control_period(batch, failed)
                 failed |= batch.warning[:, FAILURE_WARNINGS, 1].sum(axis=1) > warnings_before
                 state = batch.state.copy()
+                constraint_force = batch.qfrc_constraint.copy()
             finally:
                 mujoco.set_mju_user_warning(quiet)
         failed |= ~np.all(np.isfinite(state), axis=1)
         state = np.where(failed[:, None], rows, state)  # never hand a broken row back to JAX
+        constraint_force = np.where(failed[:, None] | ~np.isfinite(constraint_force), 0.0, constraint_force)
         pos, quat, jac, _ = self._unpack(state[:, self._memory])
         qvel = state[:, self._slices["qvel"]]
         tip_vel = (jac @ qvel[:, :self.spec.num_dofs, None])[..., 0]
-        outputs = (_bits(state), state[:, self._slices["qpos"]], qvel, pos, quat, tip_vel, failed)
-        cores = ((2 * self.nstate,), (m.nq,), (m.nv,), (3,), (4,), (6,), ())
-        dtypes = (np.uint32,) + (np.float32,) * 5 + (np.bool_,)
+        outputs = (_bits(state), state[:, self._slices["qpos"]], qvel, pos, quat, tip_vel, constraint_force, failed)
+        cores = ((2 * self.nstate,), (m.nq,), (m.nv,), (3,), (4,), (6,), (m.nv,), ())
+        dtypes = (np.uint32,) + (np.float32,) * 6 + (np.bool_,)
         return tuple(np.asarray(o, d).reshape(lead + c) for o, c, d in zip(outputs, cores, dtypes))

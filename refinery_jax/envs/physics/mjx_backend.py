@@ -53,7 +53,7 @@ class MJXBackend:
 
     def at_rest(self, physics: Physics) -> Physics:
         d = jax.tree.map(jnp.nan_to_num, physics.sim)
-        return self._readout(d.replace(qvel=jnp.zeros_like(d.qvel)))
+        return self._readout(d.replace(qvel=jnp.zeros_like(d.qvel), qfrc_constraint=jnp.zeros_like(d.qfrc_constraint)))
 
     def _fingertip_state(self, d: mjx.Data):
         """Fingertip pose, its [6, n] Jacobian (linear; angular) and the robot's [n, n] mass matrix."""
@@ -69,6 +69,7 @@ class MJXBackend:
         jacp, jacr = mjx.jac(self.model, d, d.xpos[body], body)
         return Physics(qpos=d.qpos, qvel=d.qvel, tip_pos=d.xpos[body], tip_quat=d.xquat[body],
                        tip_vel=jnp.concatenate([jacp.T @ d.qvel, jacr.T @ d.qvel]),
+                       constraint_force=d.qfrc_constraint,
                        socket_pos=d.mocap_pos[m], socket_quat=d.mocap_quat[m], sim=d)
 
 
