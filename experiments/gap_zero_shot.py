@@ -18,36 +18,19 @@ and all together:
 
 Writes config.json, results.json (per row: success, Wilson 95 % interval, the paired
 difference to "sim" with its interval and McNemar p, mean episode length) and log.txt to
---out (never overwritten). The force/torque reading and its noise are not part of the gap
-yet.
+--out (never overwritten). The settings are `envs.gap.named_gaps` (their force/torque noise
+does not touch a base that does not read force/torque).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-
-
-def gap_settings(tight_task: str) -> dict:
-    from refinery_jax.envs.gap import GapConfig
-
-    perception = dict(goal_bias=0.002, goal_yaw_bias=math.radians(3.0))
-    return {
-        "sim": GapConfig(),
-        "perception": GapConfig(**perception),
-        "friction": GapConfig(friction=1.0),
-        "clearance": GapConfig(task=tight_task),
-        "gain": GapConfig(action_gain=0.7),
-        "delay1": GapConfig(delay_steps=1),
-        "delay2": GapConfig(delay_steps=2),
-        "all": GapConfig(**perception, friction=1.0, task=tight_task, action_gain=0.7, delay_steps=1),
-    }
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -69,8 +52,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     args.state = specialists_option(parser, "--run", args.run, range(args.seed + 1))
     task = json.loads((args.run / "config.json").read_text())["task"]
     args.tight_task = args.tight_task or f"{task}_tight"
+    from refinery_jax.envs.gap import named_gaps
+
     try:
-        args.settings = gap_settings(args.tight_task)
+        args.settings = named_gaps(args.tight_task)
     except ValueError as error:
         parser.error(f"--tight-task: {error}")
     return args

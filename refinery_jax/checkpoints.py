@@ -10,6 +10,10 @@ and one it cannot read (corrupt), naming what differs.
 
 Leaves are stored flat (orbax cannot store zero-size arrays, which `mjx.Data` has:
 those are rebuilt from the template); typed PRNG keys are stored as raw key data.
+
+Checkpoints written before a derived field joined the state (`ADDED_DERIVED_LEAVES`: values
+the next environment step recomputes, such as the constraint forces behind the force/torque
+reading) still restore, that field as zeros, which is what a freshly placed state holds.
 """
 
 from __future__ import annotations
@@ -25,6 +29,9 @@ import orbax.checkpoint as ocp
 from refinery_jax.mesh import to_host
 
 _LEAVES = "_leaves"
+# leaf names (the last part of the path) added to the state after checkpoints were written with it,
+# recomputed by the next step: restored as zeros when a checkpoint lacks them
+ADDED_DERIVED_LEAVES = (".constraint_force",)
 
 
 class CheckpointError(RuntimeError):
@@ -75,17 +82,21 @@ def latest_step(directory) -> Optional[int]:
         return manager.latest_step()
 
 
-def _check_leaves(stored, expected, where):
+def _match_leaves(stored, expected, where) -> list:
+    """For each expected leaf, its position among the stored ones (None: an added derived leaf)."""
     if stored == expected:
-        return
-    if len(stored) != len(expected) or any(s[0] != e[0] for s, e in zip(stored, expected)):
-        missing = sorted({e[0] for e in expected} - {s[0] for s in stored})[:5]
-        extra = sorted({s[0] for s in stored} - {e[0] for e in expected})[:5]
+        return list(range(len(expected)))
+    position = {s[0]: k for k, s in enumerate(stored)}
+    missing = sorted(e[0] for e in expected if e[0] not in position and not e[0].endswith(ADDED_DERIVED_LEAVES))
+    extra = sorted({s[0] for s in stored} - {e[0] for e in expected})
+    if missing or extra:
         raise CheckpointError(f"{where} has a different state structure ({len(stored)} arrays stored, "
-                              f"{len(expected)} expected; missing {missing}, unexpected {extra})")
-    diffs = [f"{e[0]}: stored {tuple(s[1])} {s[2]}, expected {tuple(e[1])} {e[2]}"
-             for s, e in zip(stored, expected) if s != e]
-    raise CheckpointError(f"{where} does not match this run's arrays: " + "; ".join(diffs[:5]))
+                              f"{len(expected)} expected; missing {missing[:5]}, unexpected {extra[:5]})")
+    diffs = [f"{e[0]}: stored {tuple(stored[position[e[0]]][1])} {stored[position[e[0]]][2]}, expected "
+             f"{tuple(e[1])} {e[2]}" for e in expected if e[0] in position and stored[position[e[0]]] != e]
+    if diffs:
+        raise CheckpointError(f"{where} does not match this run's arrays: " + "; ".join(diffs[:5]))
+    return [position.get(e[0]) for e in expected]
 
 
 def restore_checkpoint(directory, template: Any, expected_meta: Optional[dict] = None, step: Optional[int] = None):
@@ -107,16 +118,17 @@ def restore_checkpoint(directory, template: Any, expected_meta: Optional[dict] =
             if wrong:
                 raise CheckpointError(f"{where} belongs to another run: " + "; ".join(
                     f"{k}: stored {s!r}, expected {e!r}" for k, (s, e) in wrong.items()))
-            _check_leaves(meta.get(_LEAVES), _describe(flat), where)
-            abstract = {f"{i:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype) for i, (_, x) in enumerate(flat) if x.size}
+            stored_at = _match_leaves(meta.get(_LEAVES), _describe(flat), where)
+            abstract = {f"{j:05d}": jax.ShapeDtypeStruct(x.shape, x.dtype)
+                        for (_, x), j in zip(flat, stored_at) if x.size and j is not None}
             arrays = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
     except CheckpointError:
         raise
     except Exception as err:  # orbax/tensorstore raise many types for unreadable data
         raise CheckpointError(f"cannot read {where} (corrupt or incomplete): {type(err).__name__}: {err}") from err
     leaves = []
-    for i, ((_, x), t) in enumerate(zip(flat, jax.tree.leaves(template))):
-        value = np.asarray(arrays[f"{i:05d}"]) if x.size else np.zeros(x.shape, x.dtype)
+    for (_, x), t, j in zip(flat, jax.tree.leaves(template), stored_at):
+        value = np.asarray(arrays[f"{j:05d}"]) if x.size and j is not None else np.zeros(x.shape, x.dtype)
         leaves.append(jax.random.wrap_key_data(value, impl=jax.random.key_impl(t)) if _is_key(t) else value)
     meta = {k: v for k, v in meta.items() if k != _LEAVES}
     return jax.tree.unflatten(treedef, leaves), meta

@@ -82,6 +82,38 @@ class GapConfig:
         return dataclasses.replace(sim, task=self.task or sim.task, physics=physics)
 
 
+# a wrist force/torque reading's noise in every "real" setting: the order of a Franka's estimated
+# external wrench (joint-torque based, about 0.5 N) rather than a dedicated F/T sensor's
+REAL_FT_NOISE = dict(ft_force_noise=0.5, ft_torque_noise=0.05)
+
+
+def named_gaps(tight_task: str) -> dict[str, GapConfig]:
+    """The documented gap settings (each difference alone, then all together), by name:
+
+        sim          no difference
+        perception   goal seen 2 mm off (random direction) and turned 3 degrees, per episode
+        friction     contact friction 1.0 (simulation: 0.5)
+        clearance    the task's tighter variant (`tight_task`)
+        gain         actions scaled by 0.7
+        delay1/2     commands executed 1 / 2 control steps late (67 / 133 ms at 15 Hz)
+        all          perception, friction, clearance, gain and a 1-step delay together
+
+    Every setting but "sim" reads force/torque with `REAL_FT_NOISE` (a base that does not read
+    force/torque is unaffected by it).
+    """
+    perception = dict(goal_bias=0.002, goal_yaw_bias=math.radians(3.0))
+    return {
+        "sim": GapConfig(),
+        "perception": GapConfig(**perception, **REAL_FT_NOISE),
+        "friction": GapConfig(friction=1.0, **REAL_FT_NOISE),
+        "clearance": GapConfig(task=tight_task, **REAL_FT_NOISE),
+        "gain": GapConfig(action_gain=0.7, **REAL_FT_NOISE),
+        "delay1": GapConfig(delay_steps=1, **REAL_FT_NOISE),
+        "delay2": GapConfig(delay_steps=2, **REAL_FT_NOISE),
+        "all": GapConfig(**perception, friction=1.0, task=tight_task, action_gain=0.7, delay_steps=1, **REAL_FT_NOISE),
+    }
+
+
 @struct.dataclass
 class GapState:
     env: EnvState
