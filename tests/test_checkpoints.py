@@ -93,6 +93,32 @@ def test_mismatched_checkpoints_give_clear_errors(tmp_path):
         restore_checkpoint(tmp_path / "empty", state)
 
 
+def test_checkpoints_from_before_an_added_derived_field_restore_it_as_zeros(tmp_path):
+    """A state saved before `Physics.constraint_force` existed restores, that leaf as zeros;
+    any other missing leaf is still an error."""
+    from flax import struct  # noqa: PLC0415
+
+    @struct.dataclass
+    class Before:
+        qpos: np.ndarray
+
+    @struct.dataclass
+    class After:
+        qpos: np.ndarray
+        constraint_force: np.ndarray
+
+    old = {"physics": Before(qpos=np.arange(3.0, dtype=np.float32)), "step": np.int32(4)}
+    save_checkpoint(tmp_path / "c", 1, old, {"fingerprint": "f"})
+    new = {"physics": After(qpos=np.zeros(3, np.float32), constraint_force=np.ones(6, np.float32)),
+           "step": np.int32(0)}
+    state, _ = restore_checkpoint(tmp_path / "c", new)
+    np.testing.assert_array_equal(state["physics"].qpos, [0.0, 1.0, 2.0])
+    np.testing.assert_array_equal(state["physics"].constraint_force, np.zeros(6))
+    assert int(state["step"]) == 4
+    with pytest.raises(CheckpointError, match="missing"):
+        restore_checkpoint(tmp_path / "c", {**new, "other": np.zeros(2, np.float32)})
+
+
 def test_corrupt_checkpoint_gives_clear_error(tmp_path):
     state = _small_state()
     save_checkpoint(tmp_path, 1, state, {"fingerprint": "a"})
