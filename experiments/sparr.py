@@ -22,7 +22,8 @@ time here) and paper (RLPD's: 256x256, batch 256, UTD 20). Success is reaching t
 any step of an episode (the robot stops there), cycle time the steps it took.
 
 Writes to --out: config.json, log.txt, records/<row>_seed<s>.json (each finished row and
-seed: evaluation outcomes, training episodes, demonstrations; --resume skips them),
+seed: evaluation outcomes, training episodes, demonstrations; the base's: records/base.json,
+one evaluation, it acts deterministically; --resume skips them),
 tensorboard/ + metrics.jsonl, results.json (per row: success mean and 95 % interval over
 seeds, cycle time, paired difference to the base) and learning_curve.png.
 """
@@ -58,7 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--base-run", required=True, type=pathlib.Path, help="the simulation specialist's run")
     parser.add_argument("--base-seed", type=int, default=0, help="which of its specialists (default 0)")
     parser.add_argument("--gap", default="friction", help="gap setting of envs.gap.named_gaps (default friction)")
-    parser.add_argument("--tight-task", default=None, help="the clearance setting's task (default <task>_tight)")
+    parser.add_argument("--tight-task", default=None,
+                        help="the clearance and all settings' task (default <task>_tight)")
     parser.add_argument("--preset", choices=("quick", "paper"), default="quick")
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=ROWS)
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..S-1 (default 3)")
@@ -82,10 +84,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     task = json.loads((args.base_run / "config.json").read_text())["task"]
     from refinery_jax.envs.gap import named_gaps
 
+    needs_tight = args.gap in ("clearance", "all")  # only these settings use the tighter task
     try:
-        gaps = named_gaps(args.tight_task or f"{task}_tight")
+        gaps = named_gaps(args.tight_task or f"{task}_tight" if needs_tight else None)
     except ValueError as error:
-        parser.error(f"--tight-task: {error}")
+        parser.error(f"--gap {args.gap} needs a tighter variant of {task}: {error} (pass --tight-task)")
     if args.gap not in gaps:
         parser.error(f"--gap {args.gap!r}: choose one of {', '.join(gaps)}")
     args.gap_config, args.configs = gaps[args.gap], configs
@@ -132,46 +135,48 @@ def main(argv=None) -> dict:
     records = {}
     with ScalarLogger(out) as logger:
         for row in args.rows:
-            robot = None
-            for seed in range(args.seeds):
-                path = out / "records" / f"{row}_seed{seed}.json"
-                if path.exists():
+            # the base acts deterministically: one evaluation, whatever the seed
+            seeds = [None] if row == "base" else list(range(args.seeds))
+            todo = [s for s in seeds if not (out / "records" / record_name(row, s)).exists()]
+            if todo:  # built and compiled once per row, shared by its seeds
+                robot = Robot(env, base, args.configs.get(row) or row_config("sparr", args.preset, args.budget_steps),
+                              env_uniform(env))
+                programs = jax.jit(robot.run_chunk), jax.jit(robot.evaluate)
+            for seed in seeds:
+                path = out / "records" / record_name(row, seed)
+                if seed not in todo:
                     records[row, seed] = json.loads(path.read_text())
                     continue
                 t0 = time.time()
-                if row == "base":  # deterministic: the same for every seed
-                    robot = robot or Robot(env, base, row_config("sparr", args.preset, args.budget_steps),
-                                           env_uniform(env))
-                    success, cycle = jax.device_get(jax.jit(robot.evaluate, static_argnums=0)(
-                        None, eval_inits, eval_keys, None))
+                if row == "base":
+                    success, cycle = jax.device_get(programs[1](None, eval_inits, eval_keys, None))
                     record = {"success": success.tolist(), "cycle_steps": cycle.tolist()}
                 else:
-                    robot = robot or Robot(env, base, args.configs[row], env_uniform(env))
-                    record = learn(robot, row, seed, eval_inits, eval_keys, progress, logger)
+                    record = learn(robot, programs, row, seed, eval_inits, eval_keys, progress, logger)
                 record["wall_s"] = time.time() - t0
                 path.write_text(json.dumps(record))
                 records[row, seed] = record
                 s = np.asarray(record["success"], bool)
-                progress(f"{row} seed {seed}: evaluation success {s.mean():.3f}, cycle "
+                progress(f"{row}{'' if seed is None else f' seed {seed}'}: evaluation success {s.mean():.3f}, cycle "
                          f"{np.mean(np.asarray(record['cycle_steps'])[s]) if s.any() else float('nan'):.1f} steps "
                          f"({record['wall_s']:.0f} s)")
 
-    base_success = np.asarray([records["base", s]["success"] for s in range(args.seeds)], bool) \
-        if "base" in args.rows else None
     rows = {}
     for row in args.rows:
-        success = np.asarray([records[row, s]["success"] for s in range(args.seeds)], bool)
-        cycle = np.asarray([records[row, s]["cycle_steps"] for s in range(args.seeds)], float)
-        rows[row] = {**summarize_seeds(success),
+        seeds = [None] if row == "base" else list(range(args.seeds))
+        success = np.asarray([records[row, s]["success"] for s in seeds], bool)
+        cycle = np.asarray([records[row, s]["cycle_steps"] for s in seeds], float)
+        rows[row] = {**summarize_seeds(success),  # the base: a Wilson interval over its episodes
                      "cycle_steps_of_successes": float(cycle[success].mean()) if success.any() else None,
                      "cycle_s_of_successes": float(cycle[success].mean() / env.config.control_hz)
                      if success.any() else None,
-                     "wall_s_per_seed": [records[row, s]["wall_s"] for s in range(args.seeds)]}
-        if base_success is not None and row != "base":
-            rows[row]["vs_base"] = paired_difference(success, base_success)
+                     "wall_s": [records[row, s]["wall_s"] for s in seeds]}
         if row != "base":
-            rows[row]["demos_tried"] = [records[row, s]["demos_tried"] for s in range(args.seeds)]
-            rows[row]["demo_episodes_at_end"] = [records[row, s]["demo_episodes_at_end"] for s in range(args.seeds)]
+            if "base" in args.rows:  # every seed against the same base episodes
+                rows[row]["vs_base"] = paired_difference(
+                    success, np.broadcast_to(np.asarray(records["base", None]["success"], bool), success.shape))
+            rows[row]["demos_tried"] = [records[row, s]["demos_tried"] for s in seeds]
+            rows[row]["demo_episodes_at_end"] = [records[row, s]["demo_episodes_at_end"] for s in seeds]
     results = {**settings, "rows": rows}
     figure = plot_learning(records, args, env.config.control_hz, out / "learning_curve.png")
     results["figure"] = figure
@@ -183,8 +188,13 @@ def main(argv=None) -> dict:
     return results
 
 
-def learn(robot, row: str, seed: int, eval_inits, eval_keys, progress, logger) -> dict:
-    """One learning run: demonstrations, the robot's budget in chunks, then the evaluation."""
+def record_name(row: str, seed) -> str:
+    return f"{row}.json" if seed is None else f"{row}_seed{seed}.json"
+
+
+def learn(robot, programs, row: str, seed: int, eval_inits, eval_keys, progress, logger) -> dict:
+    """One learning run: demonstrations, the robot's budget in chunks, then the evaluation
+    (`programs`: the robot's jitted run_chunk and evaluate)."""
     import jax
     import numpy as np
 
@@ -198,7 +208,7 @@ def learn(robot, row: str, seed: int, eval_inits, eval_keys, progress, logger) -
              f"(median {np.median(lengths):.0f} steps, {time.time() - t0:.0f} s)")
     normalizer = Normalizer.of(demos, lengths)
     state = robot.start(k_run, demos, lengths)
-    run_chunk = jax.jit(robot.run_chunk)
+    run_chunk, evaluate = programs
     c = robot.config
     with progress_bar(c.budget_steps, f"{row} seed {seed}", unit="step") as bar:
         for _ in range(c.budget_steps // c.chunk_steps):
@@ -211,7 +221,7 @@ def learn(robot, row: str, seed: int, eval_inits, eval_keys, progress, logger) -
             logger.log(int(state.steps), scalars)
             bar.update(c.chunk_steps)
             bar.set_postfix(episodes=n, success_last20=f"{recent[:, 0].mean():.2f}" if len(recent) else "-")
-    success, cycle = jax.device_get(jax.jit(robot.evaluate)(state.sac.actor, eval_inits, eval_keys, normalizer))
+    success, cycle = jax.device_get(evaluate(state.sac.actor, eval_inits, eval_keys, normalizer))
     n = int(state.episodes)
     return {"success": success.tolist(), "cycle_steps": cycle.tolist(),
             "training_outcomes": np.asarray(state.outcomes[:n]).tolist(), "demos_tried": tried,
@@ -240,7 +250,7 @@ def plot_learning(records: dict, args, control_hz: float, path: pathlib.Path):
             ax.plot(minutes[19:], rolling, color=f"C{rows.index(row)}", alpha=0.8,
                     label=row if seed == 0 else None)
     if "base" in args.rows:
-        ax.axhline(np.mean(records["base", 0]["success"]), color="k", ls="--", label="base (evaluation)")
+        ax.axhline(np.mean(records["base", None]["success"]), color="k", ls="--", label="base (evaluation)")
     ax.set_xlabel("robot time (min)")
     ax.set_ylabel("training success (last 20 episodes)")
     ax.set_ylim(0, 1)

@@ -87,7 +87,7 @@ class GapConfig:
 REAL_FT_NOISE = dict(ft_force_noise=0.5, ft_torque_noise=0.05)
 
 
-def named_gaps(tight_task: str) -> dict[str, GapConfig]:
+def named_gaps(tight_task: Optional[str]) -> dict[str, GapConfig]:
     """The documented gap settings (each difference alone, then all together), by name:
 
         sim          no difference
@@ -99,19 +99,21 @@ def named_gaps(tight_task: str) -> dict[str, GapConfig]:
         all          perception, friction, clearance, gain and a 1-step delay together
 
     Every setting but "sim" reads force/torque with `REAL_FT_NOISE` (a base that does not read
-    force/torque is unaffected by it).
+    force/torque is unaffected by it). With `tight_task` None, "clearance" and "all" are left out.
     """
     perception = dict(goal_bias=0.002, goal_yaw_bias=math.radians(3.0))
-    return {
+    gaps = {
         "sim": GapConfig(),
         "perception": GapConfig(**perception, **REAL_FT_NOISE),
         "friction": GapConfig(friction=1.0, **REAL_FT_NOISE),
-        "clearance": GapConfig(task=tight_task, **REAL_FT_NOISE),
+        "clearance": GapConfig(task=tight_task, **REAL_FT_NOISE) if tight_task else None,
         "gain": GapConfig(action_gain=0.7, **REAL_FT_NOISE),
         "delay1": GapConfig(delay_steps=1, **REAL_FT_NOISE),
         "delay2": GapConfig(delay_steps=2, **REAL_FT_NOISE),
-        "all": GapConfig(**perception, friction=1.0, task=tight_task, action_gain=0.7, delay_steps=1, **REAL_FT_NOISE),
+        "all": GapConfig(**perception, friction=1.0, task=tight_task, action_gain=0.7, delay_steps=1, **REAL_FT_NOISE)
+        if tight_task else None,
     }
+    return {name: gap for name, gap in gaps.items() if gap is not None}
 
 
 @struct.dataclass

@@ -29,6 +29,7 @@ runs many episodes at once, deterministically, for the tables.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -90,6 +91,15 @@ def specialist_base(model, policy, obs_clip: float = 5.0) -> GaussianBase:
         return mean, jnp.broadcast_to(jnp.exp(log_std), mean.shape)
 
     return GaussianBase(mean_std)
+
+
+class Observed(NamedTuple):
+    """What the robot reads at one state: the residual's and the critics' inputs, the base's Gaussian."""
+
+    obs: jax.Array
+    critic_obs: jax.Array
+    base_mean: jax.Array
+    base_std: jax.Array
 
 
 class Normalizer(NamedTuple):
@@ -156,6 +166,9 @@ class Robot:
         self.demo_buffer = transition_buffer(config.budget_steps + config.num_demos * self.horizon, half)
         self.demo_slots = config.budget_steps // 2 + config.num_demos  # episodes of >= 2 steps
         self.max_episodes = config.budget_steps
+        # compiled once per robot (every seed of a row reuses them)
+        self._demo_episodes = jax.jit(jax.vmap(self._demo_episode))
+        self._add_demo = jax.jit(functools.partial(add_episode, self.demo_buffer))
 
     # ------------------------------------------------------------------ inputs
 
@@ -169,10 +182,10 @@ class Robot:
             parts.append(state.obs[self._goal])
         return jnp.concatenate(parts)
 
-    def _observe(self, state: GapState):
+    def _observe(self, state: GapState) -> Observed:
         base_mean, base_std = self.base.mean_std(state.obs)
         obs = self.residual_inputs(state, base_mean)
-        return obs, jnp.concatenate([obs, state.obs]), base_mean, base_std
+        return Observed(obs, jnp.concatenate([obs, state.obs]), base_mean, base_std)
 
     def _empty_episode(self) -> Transition:
         h = self.horizon
@@ -182,15 +195,15 @@ class Robot:
 
     # ------------------------------------------------------------------ one step of the robot
 
-    def _step(self, state: GapState, residual: jax.Array):
-        """Execute base + residual; (next state, transition, done, success)."""
-        obs, critic_obs, base_mean, _ = self._observe(state)
-        nxt = self.env.step(state, jnp.clip(base_mean + self.config.residual_scale * residual, -1.0, 1.0))
-        next_obs, next_critic_obs, _, _ = self._observe(nxt)
+    def _step(self, state: GapState, seen: Observed, residual: jax.Array):
+        """Execute base + residual from `state` (`seen`: its `_observe`); (next state, transition, done,
+        success)."""
+        nxt = self.env.step(state, jnp.clip(seen.base_mean + self.config.residual_scale * residual, -1.0, 1.0))
+        after = self._observe(nxt)
         success = nxt.success
-        transition = Transition(obs=obs, critic_obs=critic_obs, action=residual, reward=success.astype(jnp.float32),
-                                mask=1.0 - success.astype(jnp.float32), next_obs=next_obs,
-                                next_critic_obs=next_critic_obs)
+        transition = Transition(obs=seen.obs, critic_obs=seen.critic_obs, action=residual,
+                                reward=success.astype(jnp.float32), mask=1.0 - success.astype(jnp.float32),
+                                next_obs=after.obs, next_critic_obs=after.critic_obs)
         return nxt, transition, success | nxt.done, success
 
     def _reset(self, key: jax.Array) -> GapState:
@@ -202,31 +215,10 @@ class Robot:
     def collect_demos(self, key: jax.Array, batch: int = 256):
         """The base's successful episodes with pseudo-residuals N(0, σ_b): (Transition [num_demos, T],
         lengths [num_demos], episodes tried). ValueError if `demo_attempts` episodes hold fewer."""
-
-        @jax.jit
-        def episodes(keys):
-            def one(key):
-                k_reset, k_noise = jax.random.split(key)
-
-                def body(carry, k):
-                    state, ended = carry
-                    _, _, base_mean, base_std = self._observe(state)
-                    noise = base_std * jax.random.normal(k, base_mean.shape)
-                    residual = jnp.clip(noise / self.config.residual_scale, -1.0, 1.0)
-                    nxt, transition, done, success = self._step(state, residual)
-                    return (nxt, ended | done), (transition, success, ended)
-
-                _, (transitions, success, ended_before) = jax.lax.scan(
-                    body, (self._reset(k_reset), jnp.zeros((), bool)), jax.random.split(k_noise, self.horizon))
-                live = ~ended_before  # steps up to and including the first done
-                return transitions, jnp.any(success & live), jnp.sum(live)
-
-            return jax.vmap(one)(keys)
-
         found, lengths, tried = [], [], 0
         while len(found) < self.config.num_demos and tried < self.config.demo_attempts:
             key, k = jax.random.split(key)
-            transitions, success, length = jax.device_get(episodes(jax.random.split(k, batch)))
+            transitions, success, length = jax.device_get(self._demo_episodes(jax.random.split(k, batch)))
             for i in np.flatnonzero(success)[: self.config.num_demos - len(found)]:
                 found.append(jax.tree.map(lambda x: x[i], transitions))
                 lengths.append(int(length[i]))
@@ -238,15 +230,31 @@ class Robot:
         demos = jax.tree.map(lambda *xs: np.stack(xs), *found)
         return demos, np.asarray(lengths), tried
 
+    def _demo_episode(self, key: jax.Array):
+        """One base episode with pseudo-residuals: (transitions [T], success, steps up to the end)."""
+        k_reset, k_noise = jax.random.split(key)
+
+        def body(carry, k):
+            state, ended = carry
+            seen = self._observe(state)
+            noise = seen.base_std * jax.random.normal(k, seen.base_mean.shape)
+            residual = jnp.clip(noise / self.config.residual_scale, -1.0, 1.0)
+            nxt, transition, done, success = self._step(state, seen, residual)
+            return (nxt, ended | done), (transition, success, ended)
+
+        _, (transitions, success, ended_before) = jax.lax.scan(
+            body, (self._reset(k_reset), jnp.zeros((), bool)), jax.random.split(k_noise, self.horizon))
+        live = ~ended_before  # steps up to and including the first done
+        return transitions, jnp.any(success & live), jnp.sum(live)
+
     # ------------------------------------------------------------------ the run
 
     def start(self, key: jax.Array, demos: Transition, lengths: np.ndarray) -> RobotState:
         k_sac, k_reset, key = jax.random.split(key, 3)
         example = jax.tree.map(lambda x: jnp.asarray(x[0, 0]), demos)
         demo_state = self.demo_buffer.init(example)
-        add = jax.jit(lambda s, e, n: add_episode(self.demo_buffer, s, e, n))
         for i, n in enumerate(lengths):
-            demo_state = add(demo_state, jax.tree.map(lambda x: jnp.asarray(x[i]), demos), jnp.asarray(n))
+            demo_state = self._add_demo(demo_state, jax.tree.map(lambda x: jnp.asarray(x[i]), demos), jnp.asarray(n))
         slots = jnp.full(self.demo_slots, jnp.nan).at[: len(lengths)].set(jnp.asarray(lengths, jnp.float32))
         return RobotState(env=self._reset(k_reset), sac=self.sac.init(k_sac), online=self.online_buffer.init(example),
                           demos=demo_state, demo_lengths=slots, demo_episodes=jnp.asarray(len(lengths)),
@@ -256,9 +264,9 @@ class Robot:
 
     def robot_step(self, rs: RobotState, normalizer: Normalizer) -> tuple[RobotState, dict]:
         key, k_act, k_reset, k_update = jax.random.split(rs.key, 4)
-        obs, _, _, _ = self._observe(rs.env)
-        residual = self.sac.sample(rs.sac, normalizer.actor(obs), k_act)
-        nxt, transition, done, success = self._step(rs.env, residual)
+        seen = self._observe(rs.env)
+        residual = self.sac.sample(rs.sac, normalizer.actor(seen.obs), k_act)
+        nxt, transition, done, success = self._step(rs.env, seen, residual)
         online = self.online_buffer.add(rs.online, transition)
         episode = jax.tree.map(lambda e, x: e.at[rs.t].set(x), rs.episode, transition)
         length = rs.t + 1
@@ -300,12 +308,12 @@ class Robot:
         def one(init, key):
             def body(carry, _):
                 state, succeeded, ended, steps = carry
-                obs, _, _, _ = self._observe(state)
+                seen = self._observe(state)
                 if actor_params is None:
                     residual = jnp.zeros(self.action_size)
                 else:
-                    residual = jnp.tanh(self.sac.actor.apply(actor_params, normalizer.actor(obs))[0])
-                nxt, _, done, success = self._step(state, residual)
+                    residual = jnp.tanh(self.sac.actor.apply(actor_params, normalizer.actor(seen.obs))[0])
+                nxt, _, done, success = self._step(state, seen, residual)
                 return (nxt, succeeded | (success & ~ended), ended | done, steps + ~ended), None
 
             start = (self.env.reset(key, init), jnp.zeros((), bool), jnp.zeros((), bool), jnp.zeros((), jnp.int32))
