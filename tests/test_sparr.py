@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from refinery_jax.envs.gap import ROBOT_OBS_SIZE
 from refinery_jax.offpolicy.replay import add_episode, grows_demos, sample_half_and_half, transition_buffer
 from refinery_jax.offpolicy.sac import SAC, SACConfig, Transition, ensemble_minimum
 
@@ -170,8 +171,8 @@ def test_residual_inputs_hold_no_goal_or_socket_pose(robots):
     symmetric = robots["symmetric"]
     assert float(jnp.abs(symmetric.residual_inputs(moved, base_action)
                          - symmetric.residual_inputs(state, base_action)).max()) > 1e-3
-    assert robot.obs_size == 19 + 6 and robots["no_base_action"].obs_size == 19
-    np.testing.assert_array_equal(robot.residual_inputs(state, base_action)[19:], base_action)
+    assert robot.obs_size == ROBOT_OBS_SIZE + 6 and robots["no_base_action"].obs_size == ROBOT_OBS_SIZE == 19
+    np.testing.assert_array_equal(robot.residual_inputs(state, base_action)[ROBOT_OBS_SIZE:], base_action)
 
 
 @pytest.mark.slow
