@@ -47,15 +47,20 @@ def test_ensemble_minimum_is_the_min_of_a_random_pair():
 def test_td_target_stops_at_a_real_end_and_bootstraps_otherwise():
     sac = SAC(SMALL, 3, 5, 2)
     state = sac.init(jax.random.key(0))
+    td_target = jax.jit(sac.td_target)
     ended = _batch(6, reward=0.7, mask=0.0)
-    np.testing.assert_allclose(sac.td_target(state, ended, jax.random.key(1)), 0.7, rtol=1e-6)
+    np.testing.assert_allclose(td_target(state, ended, jax.random.key(1)), 0.7, rtol=1e-6)
     going = _batch(6, reward=0.7, mask=1.0)
     key = jax.random.key(1)
-    k_action, k_subset = jax.random.split(key)
-    action, log_prob = sac.policy(state.actor, going.next_obs).sample_and_log_prob(seed=k_action)
-    q = sac.critics.apply(state.target_critics, going.next_critic_obs, action)
-    expected = 0.7 + 0.99 * (ensemble_minimum(q, k_subset, 2) - 1.0 * log_prob)  # initial temperature 1
-    np.testing.assert_allclose(sac.td_target(state, going, key), expected, rtol=1e-5, atol=1e-6)
+
+    @jax.jit
+    def by_hand(state, batch, key):
+        k_action, k_subset = jax.random.split(key)
+        action, log_prob = sac.policy(state.actor, batch.next_obs).sample_and_log_prob(seed=k_action)
+        q = sac.critics.apply(state.target_critics, batch.next_critic_obs, action)
+        return 0.7 + 0.99 * (ensemble_minimum(q, k_subset, 2) - 1.0 * log_prob)  # initial temperature 1
+
+    np.testing.assert_allclose(td_target(state, going, key), by_hand(state, going, key), rtol=1e-5, atol=1e-6)
 
 
 def test_critics_reach_the_fixed_point_of_terminal_rewards():
