@@ -49,9 +49,15 @@ def test_gap_ranges_are_checked_before_anything_is_built():
     assert real.physics.friction == 1.0 and real.task == "square_peg" and real.episode_seconds == SIM.episode_seconds
 
 
-def test_no_gap_is_the_simulation(sim_run):
+@pytest.fixture(scope="module")
+def no_gap_run():
+    """The rollout of `_rollout` through a GapEnv with no difference (shared: one compile)."""
+    return _rollout(GapEnv(SIM, GapConfig()), ACTIONS)
+
+
+def test_no_gap_is_the_simulation(sim_run, no_gap_run):
     _, (first, states), _, _ = sim_run
-    gap_first, gap_states = _rollout(GapEnv(SIM, GapConfig()), ACTIONS)
+    gap_first, gap_states = no_gap_run
     np.testing.assert_array_equal(gap_first.obs, first.obs)
     np.testing.assert_array_equal(gap_states.obs, states.obs)
     np.testing.assert_array_equal(gap_states.success, states.success)
@@ -123,10 +129,10 @@ def test_gap_script_measures_every_setting_paired(specialist_run, load_script_ma
     assert all(0.0 <= r["success"] <= 1.0 and r["ci95"][0] <= r["success"] <= r["ci95"][1] for r in rows.values())
 
 
-def test_force_torque_reading_is_the_contact_wrench_plus_its_noise():
+def test_force_torque_reading_is_the_contact_wrench_plus_its_noise(no_gap_run):
     """Noise-free, the reading is `contact_wrench` of the state; with noise, each reading adds
     independent N(0, σ) per component (σ: force N, torque N m), fresh at every step."""
-    _, gap_states = _rollout(GapEnv(SIM, GapConfig()), ACTIONS)
+    _, gap_states = no_gap_run
     env = AssemblyEnv(SIM)
     exact = jax.vmap(env.contact_wrench)(gap_states.physics)
     np.testing.assert_array_equal(gap_states.wrench, exact)
