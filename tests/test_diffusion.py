@@ -92,11 +92,16 @@ def test_step_embedding_is_sin_then_cos():
 
 
 def test_unet_shapes_and_conditioning():
-    net = ConditionalUnet1D(action_size=6, down_dims=(16, 32, 64), step_embed_dim=16)
-    chunk = jax.random.normal(jax.random.key(3), (5, 32, 6))
-    obs = jax.random.normal(jax.random.key(4), (5, 31))
+    from refinery_jax.diffusion.policy import init_bc
+
+    # the toy BC test's network and shapes: Flax initialises eagerly, one compile per random draw
+    # of each parameter's shape (~0.5 s each on CPU), which the two tests then share
+    config = _toy_config()
+    net = config.network(2)
+    params = init_bc(config, jax.random.key(5), 1, 2, 1).params
+    chunk = jax.random.normal(jax.random.key(3), (5, 8, 2))
+    obs = jax.random.normal(jax.random.key(4), (5, 1))
     t = jnp.arange(5)
-    params = net.init(jax.random.key(5), chunk, t, obs)
     apply = jax.jit(net.apply)  # (eager Flax dispatches every small op: slower than one compile per shape)
     out = apply(params, chunk, t, obs)
     assert out.shape == chunk.shape
@@ -107,7 +112,7 @@ def test_unet_shapes_and_conditioning():
     single = apply(params, chunk[0], t[0], obs[0])
     np.testing.assert_allclose(np.asarray(single), np.asarray(out[0]), atol=1e-5)
     with pytest.raises(ValueError, match="divisible"):
-        net.apply(params, chunk[:, :30], t, obs)
+        net.apply(params, chunk[:, :7], t, obs)
 
 
 # ---------------------------------------------------------------------------
@@ -189,13 +194,19 @@ def test_normalizer_round_trips_and_survives_constant_dimensions():
         fit_normalizer(np.array([[np.nan]]))
 
 
+def _toy_config():
+    from refinery_jax.diffusion.policy import DiffusionConfig
+
+    return DiffusionConfig(prediction=8, execution=4, down_dims=(16, 32), step_embed_dim=16, learning_rate=3e-3,
+                           warmup_updates=50, batch_size=64, ema_decay=0.9)
+
+
 def _toy_bc(num_updates):
     """BC on chunks that repeat (o, -o) * 0.5 + 0.2 for a scalar observation o; returns the
     config, policy, losses and the planned vs expected chunks at three probes."""
-    from refinery_jax.diffusion.policy import DiffusionConfig, make_planner, train_bc
+    from refinery_jax.diffusion.policy import make_planner, train_bc
 
-    config = DiffusionConfig(prediction=8, execution=4, down_dims=(16, 32), step_embed_dim=16, learning_rate=3e-3,
-                             warmup_updates=50, batch_size=64, ema_decay=0.9)
+    config = _toy_config()
     obs = np.linspace(-1.0, 1.0, 256, dtype=np.float32)[:, None]
     chunks = np.repeat(np.concatenate([obs, -obs], axis=1)[:, None], 8, axis=1) * 0.5 + 0.2
     policy, losses = train_bc(config, obs, chunks, jax.random.key(0), num_updates=num_updates,
