@@ -15,6 +15,9 @@ and episode keys, so rows are paired):
     no_growth        without demonstration growth
     no_base_action   the residual does not read the base action
     symmetric        the residual also reads the goal pose (as the base sees it)
+    ppo_finetune     the base itself fine-tuned by PPO in the gap setting, the same number of
+                     robot steps spread over 16 parallel environments (PPO cannot learn from
+                     one), with the simulation's dense reward: a real cell could not run it
 
 Each learning row runs --budget-steps robot steps (default 27,000: 30 minutes at 15 Hz).
 Presets: quick (2 CPU cores: critics 128x128, batch 128, update-to-data ratio 4; about real
@@ -39,7 +42,9 @@ import time
 
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-ROWS = ("base", "sparr", "no_growth", "no_base_action", "symmetric")
+ROWS = ("base", "sparr", "no_growth", "no_base_action", "symmetric", "ppo_finetune")
+RESIDUAL_ROWS = ("sparr", "no_growth", "no_base_action", "symmetric")
+PPO_ENVS = 16  # the PPO row's parallel environments
 
 
 def row_config(row: str, preset: str, budget_steps: int):
@@ -75,7 +80,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.seeds < 1 or args.eval_episodes < 1:
         parser.error("--seeds and --eval-episodes must be positive")
     try:
-        configs = {r: row_config(r, args.preset, args.budget_steps) for r in args.rows if r != "base"}
+        configs = {r: row_config(r, args.preset, args.budget_steps) for r in ("sparr", *args.rows) if r in RESIDUAL_ROWS}
     except ValueError as error:
         parser.error(str(error))
     from refinery_jax.refinery.specialists import specialists_option
@@ -138,9 +143,8 @@ def main(argv=None) -> dict:
             # the base acts deterministically: one evaluation, whatever the seed
             seeds = [None] if row == "base" else list(range(args.seeds))
             todo = [s for s in seeds if not (out / "records" / record_name(row, s)).exists()]
-            if todo:  # built and compiled once per row, shared by its seeds
-                robot = Robot(env, base, args.configs.get(row) or row_config("sparr", args.preset, args.budget_steps),
-                              env_uniform(env))
+            if todo and row != "ppo_finetune":  # built and compiled once per row, shared by its seeds
+                robot = Robot(env, base, args.configs.get(row, args.configs["sparr"]), env_uniform(env))
                 programs = jax.jit(robot.run_chunk), jax.jit(robot.evaluate)
             for seed in seeds:
                 path = out / "records" / record_name(row, seed)
@@ -151,6 +155,8 @@ def main(argv=None) -> dict:
                 if row == "base":
                     success, cycle = jax.device_get(programs[1](None, eval_inits, eval_keys, None))
                     record = {"success": success.tolist(), "cycle_steps": cycle.tolist()}
+                elif row == "ppo_finetune":
+                    record = ppo_finetune(args, env, seed, eval_inits, eval_keys, progress, logger)
                 else:
                     record = learn(robot, programs, row, seed, eval_inits, eval_keys, progress, logger)
                 record["wall_s"] = time.time() - t0
@@ -171,10 +177,10 @@ def main(argv=None) -> dict:
                      "cycle_s_of_successes": float(cycle[success].mean() / env.config.control_hz)
                      if success.any() else None,
                      "wall_s": [records[row, s]["wall_s"] for s in seeds]}
-        if row != "base":
-            if "base" in args.rows:  # every seed against the same base episodes
-                rows[row]["vs_base"] = paired_difference(
-                    success, np.broadcast_to(np.asarray(records["base", None]["success"], bool), success.shape))
+        if row != "base" and "base" in args.rows:  # every seed against the same base episodes
+            rows[row]["vs_base"] = paired_difference(
+                success, np.broadcast_to(np.asarray(records["base", None]["success"], bool), success.shape))
+        if row in RESIDUAL_ROWS:
             rows[row]["demos_tried"] = [records[row, s]["demos_tried"] for s in seeds]
             rows[row]["demo_episodes_at_end"] = [records[row, s]["demo_episodes_at_end"] for s in seeds]
     results = {**settings, "rows": rows}
@@ -228,6 +234,33 @@ def learn(robot, programs, row: str, seed: int, eval_inits, eval_keys, progress,
             "demo_lengths": lengths.tolist(), "demo_episodes_at_end": int(state.demo_episodes)}
 
 
+def ppo_finetune(args, env, seed: int, eval_inits, eval_keys, progress, logger) -> dict:
+    """The ppo_finetune row: the base's own network trained on by PPO (fresh optimiser) in the gap
+    environment for the budget's robot steps over `PPO_ENVS` environments, then evaluated alone as
+    the base row is."""
+    import jax
+
+    from refinery_jax.envs.samplers import env_uniform
+    from refinery_jax.refinery.specialists import (build_trainer, saved_preset, seed_keys, specialist_policy,
+                                                   train_specialists)
+    from refinery_jax.residual.sparr import Robot, specialist_base
+
+    spec = saved_preset(json.loads((args.base_run / "config.json").read_text()))
+    updates = args.budget_steps // (PPO_ENVS * spec.config.num_steps)  # >= 1: budgets are multiples of 750
+    spec = dataclasses.replace(spec, config=dataclasses.replace(spec.config, num_envs=PPO_ENVS, num_updates=updates))
+    trainer, hparams = build_trainer(spec, progress, env=env)
+    base = jax.tree.map(lambda x: x[args.base_seed: args.base_seed + 1], args.state)
+    tuned = train_specialists(trainer, hparams, seed_keys([seed])[0], chunk_updates=1, progress=progress,
+                              warm_start=base, logger=logger, tag=f"ppo_finetune/seed{seed}")
+    _, policy = specialist_policy(args.base_run, tuned, 0, env=env)
+    robot = Robot(env, specialist_base(trainer.model, policy, trainer.config.obs_clip),
+                  row_config("sparr", args.preset, args.budget_steps), env_uniform(env))
+    success, cycle = jax.device_get(jax.jit(robot.evaluate)(None, eval_inits, eval_keys, None))
+    return {"success": success.tolist(), "cycle_steps": cycle.tolist(), "ppo_updates": updates,
+            "robot_steps": int(updates * trainer.config.num_envs * trainer.config.num_steps),
+            "ppo_envs": PPO_ENVS}
+
+
 def plot_learning(records: dict, args, control_hz: float, path: pathlib.Path):
     """Training-episode success (rolling 20 episodes) against robot minutes, per learning row."""
     import matplotlib
@@ -236,7 +269,7 @@ def plot_learning(records: dict, args, control_hz: float, path: pathlib.Path):
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [r for r in args.rows if r != "base"]
+    rows = [r for r in args.rows if r in RESIDUAL_ROWS]  # (PPO's curve: TensorBoard, ppo_finetune/)
     if not rows:
         return None
     fig, ax = plt.subplots(figsize=(6, 4))

@@ -66,7 +66,8 @@ def test_no_gap_is_the_simulation(sim_run, no_gap_run):
 def test_goal_bias_moves_only_what_the_policy_sees(sim_run):
     _, (first, states), _, _ = sim_run
     gap = GapConfig(goal_bias=0.002, goal_yaw_bias=math.radians(3.0))
-    gap_first, gap_states = _rollout(GapEnv(SIM, gap), ACTIONS)
+    env = GapEnv(SIM, gap)
+    gap_first, gap_states = _rollout(env, ACTIONS)
     goal = observation_slice("goal_pos")
     shift = gap_first.obs[goal] - first.obs[goal]
     assert float(jnp.linalg.norm(shift)) == pytest.approx(0.002, abs=1e-6) and abs(float(shift[2])) < 1e-7
@@ -80,6 +81,12 @@ def test_goal_bias_moves_only_what_the_policy_sees(sim_run):
     assert abs(abs(turn) - math.radians(3.0)) < 1e-4
     # the true goal (the critic's tip-minus-true-goal and success) is the simulation's: the same first state
     np.testing.assert_array_equal(gap_first.critic_obs[-7:], first.critic_obs[-7:])
+    # a learner's staggered start (PPO fine-tuning in the gap) keeps the episode's bias and sensor state
+    later = jax.jit(env.advance_clock)(gap_first, 3)
+    assert int(later.info.step) == int(gap_first.info.step) + 3
+    np.testing.assert_array_equal(later.obs[goal], gap_first.obs[goal])
+    np.testing.assert_array_equal(later.wrench, gap_first.wrench)
+    np.testing.assert_array_equal(jax.random.key_data(later.noise_key), jax.random.key_data(gap_first.noise_key))
 
 
 def test_delay_executes_the_commands_late(sim_run):

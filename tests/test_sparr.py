@@ -180,6 +180,22 @@ def test_residual_inputs_hold_no_goal_or_socket_pose(robots):
     np.testing.assert_array_equal(robot.residual_inputs(state, base_action)[ROBOT_OBS_SIZE:], base_action)
 
 
+def test_the_base_action_is_clipped_before_the_residual_is_added(robots):
+    """A base whose mean lies beyond the box (a PPO mean often does) is clipped first, so the
+    residual still moves the executed action; added before the clip it would change nothing."""
+    from refinery_jax.residual.sparr import GaussianBase, Robot
+
+    sparr = robots["sparr"]
+    beyond = GaussianBase(lambda obs: (jnp.array([0.0, 0.0, 2.0, -3.0, 0.0, 0.5]), jnp.full(6, 0.01)))
+    robot = Robot(sparr.env, beyond, sparr.config, sparr.sample_init)
+    state = jax.jit(lambda k: robot.env.reset(k, jnp.array([0.003, -0.002, 0.03])))(jax.random.key(0))
+    seen = robot._observe(state)  # noqa: SLF001
+    np.testing.assert_array_equal(seen.base_action, [0.0, 0.0, 1.0, -1.0, 0.0, 0.5])
+    np.testing.assert_array_equal(seen.obs[ROBOT_OBS_SIZE:], seen.base_action)  # what the residual reads
+    residual = jnp.array([0.0, 0.0, -1.0, 1.0, 1.0, 1.0])
+    np.testing.assert_allclose(robot.executed_action(seen, residual), [0.0, 0.0, 0.8, -0.8, 0.2, 0.7], atol=1e-6)
+
+
 @pytest.mark.slow
 def test_demonstrations_refuse_a_base_that_never_succeeds(robots):
     with pytest.raises(ValueError, match="succeeded in only 0 of 8 episodes"):
@@ -216,7 +232,8 @@ def test_sparr_script_refuses_bad_input_before_compiling(specialist_run, load_sc
 def test_sparr_script_end_to_end(load_script_main, tmp_path):
     """A briefly trained square_peg_loose specialist (30 quick-preset updates: a few per cent
     success, enough for 20 demonstrations; a random-weight one finds none) as the base, no gap,
-    and two short learning rows: the records, the table (paired against the base), the figure."""
+    two short learning rows and PPO fine-tuning: the records, the table (paired against the
+    base), the figure."""
     import json
 
     run = tmp_path / "base"
@@ -225,12 +242,16 @@ def test_sparr_script_end_to_end(load_script_main, tmp_path):
          "--map-trials", "2", "--out", str(run)])
     out = tmp_path / "sparr"
     argv = ["--base-run", str(run), "--gap", "sim", "--seeds", "2", "--budget-steps", "750",
-            "--rows", "base", "sparr", "no_growth", "--eval-episodes", "16", "--out", str(out)]
+            "--rows", "base", "sparr", "no_growth", "ppo_finetune", "--eval-episodes", "16", "--out", str(out)]
     load_script_main(SPARR_SCRIPT)(argv)
     results = json.loads((out / "results.json").read_text())
-    assert list(results["rows"]) == ["base", "sparr", "no_growth"]
+    assert list(results["rows"]) == ["base", "sparr", "no_growth", "ppo_finetune"]
     assert sorted(p.name for p in (out / "records").iterdir()) == [
-        "base.json", "no_growth_seed0.json", "no_growth_seed1.json", "sparr_seed0.json", "sparr_seed1.json"]
+        "base.json", "no_growth_seed0.json", "no_growth_seed1.json", "ppo_finetune_seed0.json",
+        "ppo_finetune_seed1.json", "sparr_seed0.json", "sparr_seed1.json"]
+    ppo = json.loads((out / "records" / "ppo_finetune_seed0.json").read_text())
+    assert ppo["ppo_updates"] == 1 and ppo["robot_steps"] == 16 * 25 <= 750 and len(ppo["success"]) == 16
+    assert "vs_base" in results["rows"]["ppo_finetune"]
     sparr = results["rows"]["sparr"]
     assert sparr["trials_per_seed"] == 16 and len(sparr["per_seed"]) == 2 and "vs_base" in sparr
     assert math.isfinite(sparr["success_mean"]) and results["rows"]["base"]["ci_method"].startswith("wilson")

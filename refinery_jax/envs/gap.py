@@ -172,6 +172,10 @@ class GapEnv:
             executed, pending = commanded, state.pending
         return self._sense(state.replace(env=self.env.step(state.env, executed), pending=pending))
 
+    def advance_clock(self, state: GapState, steps: jax.Array) -> GapState:
+        """`AssemblyEnv.advance_clock` (a learner's staggered starts); the gap's state rides along."""
+        return state.replace(env=self.env.advance_clock(state.env, steps))
+
     def _sense(self, state: GapState) -> GapState:
         """The force/torque reading of this state, with its noise."""
         g = self.gap

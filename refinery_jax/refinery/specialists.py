@@ -46,17 +46,20 @@ def seed_keys(seeds, stream: Optional[int] = None) -> tuple[jax.Array, jax.Array
     return split[:, 0], split[:, 1], split[:, 2]
 
 
-def build_trainer(spec: Preset, progress: Callable = print) -> tuple[Trainer, PPOHyperparams]:
+def build_trainer(spec: Preset, progress: Callable = print, env=None) -> tuple[Trainer, PPOHyperparams]:
     """The trainer and hyperparameters of a preset. With an imitation reward, its reference
-    paths are generated first (`num_demos` disassemblies of the task, a fixed key)."""
+    paths are generated first (`num_demos` disassemblies of the task, a fixed key).
+    env: train in this environment (e.g. an `envs.gap.GapEnv`) instead of the preset's own;
+    the disassemblies are always the preset's simulation's."""
     from refinery_jax.envs.assembly_env import AssemblyEnv  # noqa: PLC0415
     from refinery_jax.envs.demos import DemoConfig, make_generator  # noqa: PLC0415
 
     config = spec.config
-    env = AssemblyEnv(config.env)
+    sim = AssemblyEnv(config.env)
+    env = sim if env is None else env
     demo_paths = None
     if config.imitation is not None:
-        demos = jax.jit(make_generator(env, DemoConfig(num_attempts=config.imitation.num_demos)))(
+        demos = jax.jit(make_generator(sim, DemoConfig(num_attempts=config.imitation.num_demos)))(
             jax.random.key(DEMO_KEY))
         demo_paths = demos.assembly_paths()
         progress(f"demos: {len(demo_paths)} valid of {config.imitation.num_demos} disassemblies")

@@ -7,7 +7,8 @@ real cell runs. Each step
 2. the residual reads `residual_inputs`: what the robot senses of itself (fingertip pose,
    velocity, force/torque; `GapEnv.robot_observation`) and a_b; never the goal or socket pose
    (unless `sees_goal`, the symmetric ablation); the critics also read the base's observation;
-3. the robot executes clip(a_b + scale a_r, -1, 1) (`residual_scale`: SPARR adds the two
+3. the robot executes clip(a_b + scale a_r, -1, 1), a_b clipped to the box first
+   (`executed_action`; `residual_scale`: SPARR adds the two
    unscaled; a fresh SAC actor's actions are near-uniform on [-1, 1], which at full scale
    buries the base under noise for the first thousands of steps, so the residual's authority
    is bounded as in ResiP); the reward is 1 at success, where the episode
@@ -98,7 +99,7 @@ class Observed(NamedTuple):
 
     obs: jax.Array
     critic_obs: jax.Array
-    base_mean: jax.Array
+    base_action: jax.Array  # the base's mean action clipped to [-1, 1]: what it alone would execute
     base_std: jax.Array
 
 
@@ -184,8 +185,11 @@ class Robot:
 
     def _observe(self, state: GapState) -> Observed:
         base_mean, base_std = self.base.mean_std(state.obs)
-        obs = self.residual_inputs(state, base_mean)
-        return Observed(obs, jnp.concatenate([obs, state.obs]), base_mean, base_std)
+        # clipped first: a PPO mean often lies beyond the box (|a| > 2 on the rim), where a bounded
+        # residual added before the clip would change nothing
+        base_action = jnp.clip(base_mean, -1.0, 1.0)
+        obs = self.residual_inputs(state, base_action)
+        return Observed(obs, jnp.concatenate([obs, state.obs]), base_action, base_std)
 
     def _empty_episode(self) -> Transition:
         h = self.horizon
@@ -195,10 +199,14 @@ class Robot:
 
     # ------------------------------------------------------------------ one step of the robot
 
+    def executed_action(self, seen: Observed, residual: jax.Array) -> jax.Array:
+        """clip(a_b + scale a_r, -1, 1), a_b already clipped (`Observed.base_action`)."""
+        return jnp.clip(seen.base_action + self.config.residual_scale * residual, -1.0, 1.0)
+
     def _step(self, state: GapState, seen: Observed, residual: jax.Array):
         """Execute base + residual from `state` (`seen`: its `_observe`); (next state, transition, done,
         success)."""
-        nxt = self.env.step(state, jnp.clip(seen.base_mean + self.config.residual_scale * residual, -1.0, 1.0))
+        nxt = self.env.step(state, self.executed_action(seen, residual))
         after = self._observe(nxt)
         success = nxt.success
         transition = Transition(obs=seen.obs, critic_obs=seen.critic_obs, action=residual,
@@ -237,7 +245,7 @@ class Robot:
         def body(carry, k):
             state, ended = carry
             seen = self._observe(state)
-            noise = seen.base_std * jax.random.normal(k, seen.base_mean.shape)
+            noise = seen.base_std * jax.random.normal(k, seen.base_action.shape)
             residual = jnp.clip(noise / self.config.residual_scale, -1.0, 1.0)
             nxt, transition, done, success = self._step(state, seen, residual)
             return (nxt, ended | done), (transition, success, ended)
