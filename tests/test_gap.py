@@ -1,6 +1,7 @@
 """The "real" setting for SPARR (`envs.gap`): each difference against the plain simulation,
 step by step on the same episodes (C backend, bit-identical where nothing differs)."""
 
+import functools
 import math
 
 import jax
@@ -16,15 +17,20 @@ ACTIONS = jnp.asarray(np.random.default_rng(0).uniform(-1, 1, size=(5, 6)), jnp.
 INIT = jnp.array([0.003, -0.002, 0.03])
 
 
-def _rollout(env, actions):
-    """States after reset and after each action (jitted once per environment)."""
+@functools.lru_cache(maxsize=None)
+def _runner(env):
+    """(key, actions [T, A]) -> states after reset and after each action: one compile per environment."""
 
     @jax.jit
-    def run(key):
+    def run(key, actions):
         state = env.reset(key, INIT)
         return state, jax.lax.scan(lambda s, a: (env.step(s, a),) * 2, state, actions)[1]
 
-    return run(jax.random.key(3))
+    return run
+
+
+def _rollout(env, actions):
+    return _runner(env)(jax.random.key(3), actions)
 
 
 @pytest.fixture(scope="module")
