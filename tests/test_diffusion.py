@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from refinery_jax.diffusion.schedule import add_noise, cosine_schedule, ddim_sample, ddim_step, ddim_timesteps
-from refinery_jax.diffusion.unet import ConditionalUnet1D, step_embedding
+from refinery_jax.diffusion.unet import step_embedding
 
 
 def test_cosine_schedule_matches_its_closed_form():

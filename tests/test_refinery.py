@@ -28,7 +28,6 @@ from refinery_jax.refinery import (
     METHODS,
     MIN_SUCCESSES,
     ComparisonConfig,
-    DeploymentModel,
     FineTuneConfig,
     cell_variance,
     comparison_table,
