@@ -2,9 +2,10 @@
 
 - the ensemble target's minimum over a random pair; the TD target without bootstrap; the
   critics' fixed point; RLPD's update as `utd` critic steps on consecutive slices, then one
-  actor step;
+  actor step; the actor climbing the critics to a one-step bandit's best action;
 - replay: the half-and-half batches, `add_episode`'s traced length, the demo growth rule;
-- the residual's inputs hold no goal or socket pose (fails if someone adds one);
+- the residual's inputs hold no goal or socket pose (fails if someone adds one); the base
+  action clipped before the residual is added;
 - bad input fails before anything compiles.
 """
 
@@ -98,6 +99,27 @@ def test_update_is_utd_critic_steps_on_consecutive_slices_then_one_actor_step():
                                                    got.target_critics, state.target_critics)))
     assert 0 < target_move < max(jax.tree.leaves(moved))
     assert set(metrics) == {"actor_loss", "entropy", "temperature", "critic_loss"}
+
+
+def test_the_actor_climbs_the_critics_on_a_one_step_bandit():
+    """Off-policy data of one-step episodes with uniform actions and reward a0 - |a1|: the critics
+    learn Q = r, and the deterministic action goes to the best one, (1, 0)."""
+    rng = np.random.default_rng(1)
+    n = 512
+    action = jnp.asarray(rng.uniform(-1, 1, size=(n, 2)), jnp.float32)
+    obs = jnp.ones((n, 3))
+    batch = Transition(obs=obs, critic_obs=jnp.ones((n, 5)), action=action,
+                       reward=action[:, 0] - jnp.abs(action[:, 1]), mask=jnp.zeros(n), next_obs=obs,
+                       next_critic_obs=jnp.ones((n, 5)))
+    sac = SAC(SACConfig(hidden=(32, 32), num_critics=4, batch_size=256, utd=2, learning_rate=1e-3,
+                        init_temperature=0.01), 3, 5, 2)
+    state = sac.init(jax.random.key(0))
+    update = jax.jit(sac.update)
+    start = np.asarray(sac.mode(state, obs[:1]))[0]
+    for i in range(100):
+        state, _ = update(state, batch, jax.random.key(i))
+    best = np.asarray(sac.mode(state, obs[:1]))[0]
+    assert best[0] > 0.9 and abs(best[1]) < 0.2, (start, best)
 
 
 def test_sac_config_is_checked():
