@@ -152,7 +152,9 @@ def stage_env():
     return env, jax.jit(env.reset)
 
 
-@pytest.fixture(scope="module", params=["c", "mjx"])
+# MJX's compile of this stage takes about a minute on CPU: its case runs in the slow suite (as does
+# every stage's MJX insertion below); the default suite checks the same on the C backend
+@pytest.fixture(scope="module", params=["c", pytest.param("mjx", marks=pytest.mark.slow)])
 def scripted(request):
     """Two scripted insertions from nominal and two hold episodes (hand still above), one batch."""
     env = AssemblyEnv(EnvConfig(task=CI_STAGE, backend=request.param))
