@@ -241,8 +241,7 @@ def ppo_finetune(args, env, seed: int, eval_inits, eval_keys, progress, logger) 
     import jax
 
     from refinery_jax.envs.samplers import env_uniform
-    from refinery_jax.refinery.specialists import (build_trainer, saved_preset, seed_keys, specialist_policy,
-                                                   train_specialists)
+    from refinery_jax.refinery.specialists import build_trainer, saved_preset, seed_keys, train_specialists
     from refinery_jax.residual.sparr import Robot, specialist_base
 
     spec = saved_preset(json.loads((args.base_run / "config.json").read_text()))
@@ -252,9 +251,9 @@ def ppo_finetune(args, env, seed: int, eval_inits, eval_keys, progress, logger) 
     base = jax.tree.map(lambda x: x[args.base_seed: args.base_seed + 1], args.state)
     tuned = train_specialists(trainer, hparams, seed_keys([seed])[0], chunk_updates=1, progress=progress,
                               warm_start=base, logger=logger, tag=f"ppo_finetune/seed{seed}")
-    _, policy = specialist_policy(args.base_run, tuned, 0, env=env)
-    robot = Robot(env, specialist_base(trainer.model, policy, trainer.config.obs_clip),
-                  row_config("sparr", args.preset, args.budget_steps), env_uniform(env))
+    policy = jax.tree.map(lambda x: x[0], trainer.policy(tuned))
+    robot = Robot(env, specialist_base(trainer.model, policy, trainer.config.obs_clip), args.configs["sparr"],
+                  env_uniform(env))
     success, cycle = jax.device_get(jax.jit(robot.evaluate)(None, eval_inits, eval_keys, None))
     return {"success": success.tolist(), "cycle_steps": cycle.tolist(), "ppo_updates": updates,
             "robot_steps": int(updates * trainer.config.num_envs * trainer.config.num_steps),
