@@ -7,12 +7,12 @@ real cell runs. Each step
 2. the residual reads `residual_inputs`: what the robot senses of itself (fingertip pose,
    velocity, force/torque; `GapEnv.robot_observation`) and a_b; never the goal or socket pose
    (unless `sees_goal`, the symmetric ablation); the critics also read the base's observation;
-3. the robot executes clip(a_b + scale a_r, -1, 1), a_b clipped to the box first
-   (`executed_action`; `residual_scale`: SPARR adds the two
-   unscaled; a fresh SAC actor's actions are near-uniform on [-1, 1], which at full scale
-   buries the base under noise for the first thousands of steps, so the residual's authority
-   is bounded as in ResiP); the reward is 1 at success, where the episode
-   ends (no bootstrap); at the time limit it ends too, bootstrapped;
+3. the robot executes clip(a_b + scale a_r, -1, 1) with a_b clipped to the box first
+   (`executed_action`). `residual_scale`: SPARR adds the two unscaled; a fresh SAC actor's
+   actions are near-uniform on [-1, 1], which at full scale buries the base under noise for
+   the first thousands of steps, so the residual's authority is bounded as in ResiP. The
+   reward is 1 at success, where the episode ends (no bootstrap); at the time limit it ends
+   too, bootstrapped;
 4. `utd` RLPD critic updates and one actor update (`offpolicy.sac`) on batches half from the
    demonstrations, half from the online buffer;
 5. an episode that succeeded in fewer steps than the median demonstration joins the
@@ -185,8 +185,8 @@ class Robot:
 
     def _observe(self, state: GapState) -> Observed:
         base_mean, base_std = self.base.mean_std(state.obs)
-        # clipped first: a PPO mean often lies beyond the box (|a| > 2 on the rim), where a bounded
-        # residual added before the clip would change nothing
+        # clipped first: a PPO mean often lies beyond the box (on the rim |a_x| > 2.3 in a tenth of
+        # the steps), where a bounded residual added before the clip would change nothing
         base_action = jnp.clip(base_mean, -1.0, 1.0)
         obs = self.residual_inputs(state, base_action)
         return Observed(obs, jnp.concatenate([obs, state.obs]), base_action, base_std)

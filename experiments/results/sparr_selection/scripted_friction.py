@@ -1,7 +1,11 @@
 """Is the friction gap solvable? The privileged scripted insertion at friction 0.5 and 1.0,
 64 uniform starts, 5 s and 10 s (issue 20, 2026-12-06).
 """
-import dataclasses, jax, jax.numpy as jnp, numpy as np, sys
+import dataclasses
+
+import jax
+import numpy as np
+
 from refinery_jax.envs.assembly_env import AssemblyEnv, EnvConfig
 from refinery_jax.envs.samplers import env_uniform
 from refinery_jax.envs.scripted import run_scripted_episode

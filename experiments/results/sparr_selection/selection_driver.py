@@ -1,7 +1,9 @@
 """The selection runs of runs.jsonl (issue 20, 2026-12-06): experiments/sparr.py with another
 residual_scale and initial temperature, 9,000 robot steps, evaluation seed 2000 (the table uses 1000).
 
-    python selection_driver.py SCALE INIT_TEMPERATURE NAME [GAP]
+    python experiments/results/sparr_selection/selection_driver.py SCALE INIT_TEMPERATURE NAME [GAP]
+
+(from the repository root, the base at runs/square_peg)
 """
 import dataclasses, sys
 sys.path.insert(0, "experiments")

@@ -1,7 +1,9 @@
 """The UTD selection run of runs.jsonl (clr_utd20): the quick preset with 20 critic updates per
 robot step (RLPD's ratio) instead of 4.
 
-    python selection_driver_utd.py 20 clr_utd20 clearance
+    python experiments/results/sparr_selection/selection_driver_utd.py 20 clr_utd20 clearance
+
+(from the repository root, the base at runs/square_peg)
 """
 import dataclasses, sys
 sys.path.insert(0, "experiments")
