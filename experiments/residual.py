@@ -138,21 +138,24 @@ def main(argv=None) -> dict:
     dcfg, seeds = args.diffusion, list(range(args.seeds))
     spec = preset("quick", args.task, args.backend, args.embodiment)
     config = dataclasses.replace(spec.config, num_updates=args.residual_updates)
+    env = AssemblyEnv(config.env)
+    action_size = env.action_size
+    # demos from --demos-file enter the fingerprint by content, not by path
+    given_demos = None if args.demos_file is None else demo_io.load(args.demos_file, env)
     run_id = {"fingerprint": config_fingerprint((dcfg, config, args.residual_scale, args.demos, args.bc_updates,
-                                                 str(args.demos_file), seeds, args.mlp_updates, MLP_HIDDEN)),
+                                                 None if given_demos is None else demo_io.digest(given_demos), seeds,
+                                                 args.mlp_updates, MLP_HIDDEN)),
               "task": args.task, "seeds": seeds, "backend": args.backend, "embodiment": args.embodiment}
     log = RunLog(out)
     write_run_config(out, {**run_id, "args": {k: str(v) for k, v in vars(args).items()},
                            "diffusion": dataclasses.asdict(dcfg), "ppo": dataclasses.asdict(config),
                            "hparams": spec.hparams, "jax_version": jax.__version__,
                            "device": str(jax.devices()[0])}, resume)
-    env = AssemblyEnv(config.env)
-    action_size = env.action_size
 
     # demos
     demo_path = out / DEMOS_FILE
-    if args.demos_file is not None:
-        demos = demo_io.load(args.demos_file, env)
+    if given_demos is not None:
+        demos = given_demos
     elif demo_path.exists():
         demos = demo_io.load(demo_path, env)
     else:

@@ -1,6 +1,8 @@
 """Demonstrations without humans: only successes are kept, they replay open-loop to the same
 observations and success, chunks are padded as stated, and bad files are refused."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -58,6 +60,12 @@ def test_saved_demos_reload_and_are_never_overwritten(env, collected, tmp_path):
     again = demo_io.load(path, env)
     np.testing.assert_array_equal(again.actions, collected.actions)
     assert again.meta == collected.meta
+    # a run records its demos by content: a copy elsewhere matches, one changed action does not
+    moved = demo_io.load(demo_io.save(again, tmp_path / "elsewhere" / "copy.npz"))
+    assert demo_io.digest(moved) == demo_io.digest(collected)
+    changed = dataclasses.replace(collected, actions=collected.actions.copy())
+    changed.actions[0, 0, 0] += 1e-3
+    assert demo_io.digest(changed) != demo_io.digest(collected)
     with pytest.raises(FileExistsError):
         demo_io.save(collected, path)
     other = AssemblyEnv(EnvConfig(task="round_peg", backend="c"))

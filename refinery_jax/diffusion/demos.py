@@ -15,6 +15,7 @@ environment it will train for and refuses a mismatch with a message naming the f
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import pathlib
 from typing import Any, NamedTuple
@@ -129,6 +130,16 @@ def load(path, env: AssemblyEnv | None = None) -> DemoSet:
         if wrong:
             raise ValueError(f"{path} was recorded for another setting: " + "; ".join(wrong))
     return demos
+
+
+def digest(demos: DemoSet) -> str:
+    """Short hash of the demos' content (arrays and meta): a run records which demos it
+    cloned, so a moved file still resumes and another file at the same path is refused."""
+    h = hashlib.sha256(json.dumps(demos.meta, sort_keys=True).encode())
+    for array in (demos.observations, demos.actions, demos.inits, demos.keys):
+        h.update(str((array.dtype, array.shape)).encode())
+        h.update(np.ascontiguousarray(array).tobytes())
+    return h.hexdigest()[:16]
 
 
 def chunk_dataset(demos: DemoSet, prediction: int) -> tuple[np.ndarray, np.ndarray]:
